@@ -1,0 +1,189 @@
+/*
+ * init.c: bootstrap, options and fork.
+ *
+ * Nothing here may recurse into malloc before the allocator can serve it:
+ * no stdio, no dlsym, no pthread_once.  The first malloc may come from any
+ * thread or from a constructor that runs before ours, so initialisation is
+ * a small state machine (none -> running -> done) that every slow path
+ * checks.  SPANALLOC_* variables are read once, here, at load time: some
+ * servers (nginx) clear the environment of their workers later.
+ */
+#include <fcntl.h>
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+#define NS_PER_MS 1000000ull
+#define NS_PER_S 1000000000ull
+
+_Atomic int sa_init_state;
+uintptr_t sa_link_key, sa_mark_key;
+struct sa_options sa_options = {
+    .scavenge_idle_ns = 5 * 60 * NS_PER_S,
+    .scavenger_enabled = true,
+    .stats_at_exit = -1,
+};
+
+/* "250ms", "2s", "5m", "1h"; a bare number means seconds. */
+bool sa_parse_duration(const char *s, uint64_t *ns)
+{
+    char *end;
+    if (s == NULL || *s < '0' || *s > '9')
+        return false;
+    unsigned long long v = strtoull(s, &end, 10);
+    uint64_t unit;
+    if (strcmp(end, "ms") == 0)
+        unit = NS_PER_MS;
+    else if (strcmp(end, "s") == 0 || *end == '\0')
+        unit = NS_PER_S;
+    else if (strcmp(end, "m") == 0)
+        unit = 60 * NS_PER_S;
+    else if (strcmp(end, "h") == 0)
+        unit = 3600 * NS_PER_S;
+    else
+        return false;
+    if (v > UINT64_MAX / unit)
+        return false;
+    *ns = v * unit;
+    return true;
+}
+
+/* "512M", "2G", "64K", "4096"; binary units. */
+bool sa_parse_bytes(const char *s, uint64_t *bytes)
+{
+    char *end;
+    if (s == NULL || *s < '0' || *s > '9')
+        return false;
+    unsigned long long v = strtoull(s, &end, 10);
+    unsigned shift = 0;
+    switch (*end) {
+    case '\0': break;
+    case 'k': case 'K': shift = 10; end++; break;
+    case 'm': case 'M': shift = 20; end++; break;
+    case 'g': case 'G': shift = 30; end++; break;
+    case 't': case 'T': shift = 40; end++; break;
+    default: return false;
+    }
+    if (*end == 'i' || *end == 'B')
+        end += (*end == 'i' && end[1] == 'B') ? 2 : 1;
+    if (*end != '\0' || (shift && v > (UINT64_MAX >> shift)))
+        return false;
+    *bytes = (uint64_t)v << shift;
+    return true;
+}
+
+/* A bad value asks for output: say so on stderr, keep the default. */
+static void warn_option(const char *name, const char *value)
+{
+    const char *parts[] = {"spanalloc: ignoring ", name, "=", value,
+                           " (see docs/tuning.md)\n"};
+    for (size_t i = 0; i < sizeof(parts) / sizeof(parts[0]); i++) {
+        ssize_t ignored = write(STDERR_FILENO, parts[i], strlen(parts[i]));
+        (void)ignored;
+    }
+}
+
+static void read_options(void)
+{
+    const char *v;
+    if ((v = getenv("SPANALLOC_SCAVENGE_IDLE")) != NULL &&
+        !sa_parse_duration(v, &sa_options.scavenge_idle_ns))
+        warn_option("SPANALLOC_SCAVENGE_IDLE", v);
+    if ((v = getenv("SPANALLOC_MEMORY_LIMIT")) != NULL &&
+        !sa_parse_bytes(v, &sa_options.memory_limit))
+        warn_option("SPANALLOC_MEMORY_LIMIT", v);
+    if ((v = getenv("SPANALLOC_MADVISE")) != NULL) {
+        if (strcmp(v, "free") == 0)
+            sa_options.madvise_free = true;
+        else if (strcmp(v, "dontneed") != 0)
+            warn_option("SPANALLOC_MADVISE", v);
+    }
+    if ((v = getenv("SPANALLOC_SCAVENGER")) != NULL) {
+        if (strcmp(v, "off") == 0 || strcmp(v, "0") == 0)
+            sa_options.scavenger_enabled = false;
+        else if (strcmp(v, "on") != 0 && strcmp(v, "1") != 0)
+            warn_option("SPANALLOC_SCAVENGER", v);
+    }
+    if ((v = getenv("SPANALLOC_TRACE")) != NULL)
+        sa_options.trace = strcmp(v, "0") != 0 && *v != '\0';
+    if ((v = getenv("SPANALLOC_STATS")) != NULL) {
+        if (strcmp(v, "text") == 0 || strcmp(v, "1") == 0)
+            sa_options.stats_at_exit = SPANALLOC_STATS_TEXT;
+        else if (strcmp(v, "json") == 0)
+            sa_options.stats_at_exit = SPANALLOC_STATS_JSON;
+        else if (*v != '\0' && strcmp(v, "0") != 0)
+            warn_option("SPANALLOC_STATS", v);
+    }
+}
+
+/* ---- fork: every lock, in the documented order */
+
+static void fork_prepare(void)
+{
+    sa_mcache_fork_prepare();
+    sa_mcentral_fork_prepare();
+    sa_mheap_lock();
+    sa_scavenger_fork_prepare();
+}
+
+static void fork_parent(void)
+{
+    sa_scavenger_fork_parent();
+    sa_mheap_unlock();
+    sa_mcentral_fork_parent();
+    sa_mcache_fork_parent();
+}
+
+static void fork_child(void)
+{
+    sa_scavenger_fork_child();
+    sa_mheap_fork_child();
+    sa_mcentral_fork_child();
+    sa_mcache_fork_child(); /* needs the tiers below it working again */
+}
+
+/* Programs may close stderr in their own exit handlers (coreutils do), so
+ * the report goes to a copy of fd 2 taken at load time, only when asked. */
+static int stats_fd = -1;
+
+static void print_stats_at_exit(void)
+{
+    FILE *f = stats_fd >= 0 ? fdopen(stats_fd, "w") : NULL;
+    if (f == NULL)
+        return;
+    spanalloc_stats_print(f, (enum spanalloc_stats_format)sa_options.stats_at_exit);
+    fclose(f);
+    stats_fd = -1;
+}
+
+void sa_init_slow(void)
+{
+    int expected = 0;
+    if (!atomic_compare_exchange_strong(&sa_init_state, &expected, 1)) {
+        while (atomic_load_explicit(&sa_init_state, memory_order_acquire) != 2)
+            sched_yield(); /* another thread is initialising; it takes no lock */
+        return;
+    }
+    read_options();
+    uintptr_t keys[2];
+    sa_os_random(keys, sizeof(keys));
+    sa_link_key = keys[0];
+    sa_mark_key = keys[1] | 1; /* never 0, so zeroed memory never looks free */
+    sa_mcache_thread_init();
+    atomic_store_explicit(&sa_init_state, 2, memory_order_release);
+    /* These may allocate; the allocator is ready now. */
+    pthread_atfork(fork_prepare, fork_parent, fork_child);
+    if (sa_options.stats_at_exit >= 0) {
+        stats_fd = fcntl(STDERR_FILENO, F_DUPFD_CLOEXEC, 3);
+        atexit(print_stats_at_exit);
+    }
+}
+
+__attribute__((constructor)) static void sa_load(void)
+{
+    sa_ensure_init();
+}

@@ -1,0 +1,318 @@
+/*
+ * internal.h: the types shared by the tiers, each with the invariants that
+ * hold for it, and the few helpers the fast path inlines.
+ *
+ * Data flows one way: malloc -> mcache -> mcentral -> mheap -> os.  The
+ * scavenger and the stats read the tiers; the tiers never call them back
+ * except through the small hooks declared at the end of this file.
+ *
+ * Lock order (also the order fork() takes them in): registry, mcentral[1..N],
+ * mheap, scavenger.  No tier calls a tier above it.
+ */
+#ifndef SPANALLOC_INTERNAL_H
+#define SPANALLOC_INTERNAL_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "spanalloc.h"
+#include "sizeclasses_table.h"
+
+#define SA_LIKELY(x) __builtin_expect(!!(x), 1)
+#define SA_UNLIKELY(x) __builtin_expect(!!(x), 0)
+#define SA_NOINLINE __attribute__((noinline))
+#define SA_COLD __attribute__((cold, noinline))
+#define SA_HIDDEN __attribute__((visibility("hidden")))
+
+/* ---- Geometry */
+#define SA_PAGE_SHIFT 13
+#define SA_PAGE_SIZE ((size_t)1 << SA_PAGE_SHIFT) /* 8 KiB */
+#define SA_MAX_SMALL ((size_t)32768)
+#define SA_ADDR_BITS 47                           /* x86-64/arm64 user space */
+#define SA_ARENA_SHIFT 26                         /* page-map leaf: 64 MiB */
+#define SA_ARENA_SIZE ((size_t)1 << SA_ARENA_SHIFT)
+#define SA_PAGES_PER_ARENA ((size_t)1 << (SA_ARENA_SHIFT - SA_PAGE_SHIFT))
+#define SA_ROOT_ENTRIES ((size_t)1 << (SA_ADDR_BITS - SA_ARENA_SHIFT))
+#define SA_HEAP_GROW_MIN ((size_t)64 << 20)       /* heap grows by >= 64 MiB */
+
+_Static_assert(SA_NUM_CLASSES == SPANALLOC_NUM_SIZE_CLASSES, "class count");
+
+/* ---- Size classes (alloc/sizeclasses.c) */
+extern const uint32_t sa_class_size[SA_NUM_CLASSES];
+extern const uint32_t sa_class_npages[SA_NUM_CLASSES];
+extern const uint32_t sa_class_magic[SA_NUM_CLASSES];
+extern const uint8_t sa_size_to_class16[1024 / 16 + 1];
+extern const uint8_t sa_size_to_class128[(32768 - 1024) / 128 + 1];
+
+/* Class for a small request (size <= SA_MAX_SMALL): one table load. */
+static inline unsigned sa_size_class(size_t size)
+{
+    if (size <= 1024)
+        return sa_size_to_class16[(size + 15) >> 4];
+    return sa_size_to_class128[(size - 1024 + 127) >> 7];
+}
+
+/* ---- Spans (alloc/span.c)
+ *
+ * A span is a run of pages.  Its record lives outside the pages it describes
+ * (out-of-band metadata: a stray write into user memory cannot corrupt it).
+ */
+enum sa_span_state {
+    SA_SPAN_FREE = 1,     /* idle, owned by the mheap's free structures */
+    SA_SPAN_SMALL,        /* carved into objects of one size class */
+    SA_SPAN_LARGE,        /* one object larger than SA_MAX_SMALL */
+    SA_SPAN_SCAVENGING,   /* idle, detached while its pages are released */
+};
+
+struct sa_span {
+    /* Read by the free fast path; written before the span is published. */
+    uintptr_t base;       /* first byte, page aligned */
+    uint32_t elem_size;   /* object size (small) or npages*page (large) */
+    uint32_t div_magic;   /* ceil(2^32 / elem_size): offset -> index */
+    uint8_t state;        /* enum sa_span_state */
+    uint8_t cls;          /* size class, 0 for large and free spans */
+    uint8_t needzero;     /* pages may hold old data (calloc must clear) */
+    uint8_t on_list;      /* which list holds it (heap: dirty/clean) */
+    uint32_t npages;
+
+    /* Small spans, under their mcentral's lock. */
+    uint32_t nelems;      /* objects the span holds */
+    uint32_t nalloc;      /* objects out of the span (live or in caches) */
+    uint32_t ncarved;     /* objects [0, ncarved) were handed out once */
+    void *freelist;       /* returned objects, encoded links */
+
+    /* List links: mcentral partial list, or heap size bucket. */
+    struct sa_span *next, *prev;
+
+    /* Free spans, under the heap lock. */
+    struct sa_span *age_next, *age_prev; /* dirty spans, oldest first */
+    uint64_t idle_since_ns;              /* when the span last became idle */
+    uint32_t released_pages;             /* pages whose memory is with the OS */
+};
+
+struct sa_span_list {
+    struct sa_span *first;
+};
+
+void sa_span_list_push(struct sa_span_list *list, struct sa_span *s);
+void sa_span_list_remove(struct sa_span_list *list, struct sa_span *s);
+
+/* Span records come from a fixed-size allocator under the heap lock. */
+struct sa_span *sa_span_record_new(void);
+void sa_span_record_free(struct sa_span *s);
+
+/* ---- Page map (alloc/pagemap.c): address -> span, O(1), lock-free reads.
+ *
+ * Two levels: a root of SA_ROOT_ENTRIES leaf pointers (static, so untouched
+ * entries cost no memory), each leaf covering one 64 MiB arena.  A leaf also
+ * holds the arena's released-page bitmap (heap lock).  Leaves are never freed,
+ * so a reader needs no lock: it sees NULL or a complete leaf.
+ *
+ * In-use spans map every page; free spans map their first and last page (for
+ * coalescing) and nothing in between.
+ */
+struct sa_arena_leaf {
+    _Atomic(struct sa_span *) spans[SA_PAGES_PER_ARENA];
+    uint64_t released[SA_PAGES_PER_ARENA / 64]; /* bit per page, heap lock */
+};
+
+extern _Atomic(struct sa_arena_leaf *) sa_pagemap_root[SA_ROOT_ENTRIES];
+
+static inline struct sa_arena_leaf *sa_pagemap_leaf(uintptr_t addr)
+{
+    if (SA_UNLIKELY(addr >> SA_ADDR_BITS))
+        return NULL;
+    return atomic_load_explicit(&sa_pagemap_root[addr >> SA_ARENA_SHIFT],
+                                memory_order_acquire);
+}
+
+static inline struct sa_span *sa_pagemap_lookup(uintptr_t addr)
+{
+    struct sa_arena_leaf *leaf = sa_pagemap_leaf(addr);
+    if (SA_UNLIKELY(leaf == NULL))
+        return NULL;
+    size_t page = (addr >> SA_PAGE_SHIFT) & (SA_PAGES_PER_ARENA - 1);
+    return atomic_load_explicit(&leaf->spans[page], memory_order_acquire);
+}
+
+bool sa_pagemap_ensure(uintptr_t base, size_t bytes); /* heap lock */
+void sa_pagemap_set(uintptr_t base, size_t npages, struct sa_span *s);
+void sa_pagemap_set_page(uintptr_t addr, struct sa_span *s);
+/* Released-page bitmap, heap lock held. */
+size_t sa_pagemap_count_released(uintptr_t base, size_t npages);
+void sa_pagemap_mark_released(uintptr_t base, size_t npages, bool released);
+uint64_t sa_pagemap_sys_bytes(void);
+
+/* ---- Free-block encoding (safe linking and the double-free mark).
+ *
+ * A free small block holds two words: word 0 is the link to the next free
+ * block, XOR-ed with a per-process secret and the block's own address, so a
+ * use-after-free write cannot aim the list at an address of its choosing;
+ * word 1 is a mark derived from a second secret and the address, which says
+ * "this block is free" (double free) and "this block was not written since it
+ * was freed" (checked when it is handed out again).
+ */
+extern uintptr_t sa_link_key;
+extern uintptr_t sa_mark_key;
+
+static inline uintptr_t sa_encode_link(void *next, void *at)
+{
+    return (uintptr_t)next ^ ((uintptr_t)at >> 12) ^ sa_link_key;
+}
+static inline void *sa_decode_link(uintptr_t word, void *at)
+{
+    return (void *)(word ^ ((uintptr_t)at >> 12) ^ sa_link_key);
+}
+static inline uintptr_t sa_free_mark(void *at)
+{
+    return (uintptr_t)at ^ sa_mark_key;
+}
+static inline void sa_block_make_free(void *block, void *next)
+{
+    uintptr_t *w = (uintptr_t *)block;
+    w[0] = sa_encode_link(next, block);
+    w[1] = sa_free_mark(block);
+}
+static inline bool sa_block_is_free(const void *block)
+{
+    return ((const uintptr_t *)block)[1] == sa_free_mark((void *)block);
+}
+/* A decoded link is plausible if NULL or inside an arena of ours, so that
+ * following it can neither fault nor leave the heap. */
+static inline bool sa_link_plausible(void *next)
+{
+    return next == NULL || sa_pagemap_leaf((uintptr_t)next) != NULL;
+}
+
+/* ---- mcache (alloc/mcache.c): per thread, no locks. */
+struct sa_cache_list {
+    void *head;      /* encoded singly-linked list of free blocks */
+    uint32_t count;  /* blocks on the list */
+    uint32_t max;    /* flush above this; 0 in the empty sentinel cache */
+    /* Counted by the owning thread with plain load+store (relaxed atomics,
+     * never a read-modify-write), folded in by read_mem_stats.  They sit
+     * beside the list so an operation touches one cache line. */
+    _Atomic uint64_t mallocs;
+    _Atomic uint64_t frees;
+};
+
+struct sa_mcache {
+    struct sa_cache_list lists[SA_NUM_CLASSES];
+    struct sa_mcache *reg_next, *reg_prev; /* registry, registry lock */
+    pthread_t owner;
+} __attribute__((aligned(64)));
+
+extern __thread struct sa_mcache *sa_tls_cache
+    __attribute__((tls_model("initial-exec")));
+extern struct sa_mcache sa_empty_cache;
+
+static inline void sa_count(_Atomic uint64_t *counter)
+{
+    atomic_store_explicit(counter,
+                          atomic_load_explicit(counter, memory_order_relaxed) + 1,
+                          memory_order_relaxed);
+}
+
+void *sa_mcache_alloc_slow(unsigned cls);
+void sa_mcache_free_slow(void *block, unsigned cls);
+void sa_mcache_flush_current(void);
+uint32_t sa_mcache_list_cap(unsigned cls);
+size_t sa_mcache_bound_bytes(void);
+void sa_mcache_fold_stats(uint64_t *mallocs, uint64_t *frees, uint64_t *caches_live,
+                          uint64_t *caches_sys_bytes);
+uint64_t sa_mcache_sys_bytes(void);
+void sa_mcache_fork_prepare(void);
+void sa_mcache_fork_parent(void);
+void sa_mcache_fork_child(void);
+void sa_mcache_thread_init(void);
+
+/* ---- mcentral (alloc/mcentral.c): per size class, one lock each. */
+uint32_t sa_mcentral_fill(unsigned cls, uint32_t want, void **head);
+void sa_mcentral_release(unsigned cls, void *head);
+void sa_mcentral_fork_prepare(void);
+void sa_mcentral_fork_parent(void);
+void sa_mcentral_fork_child(void);
+uint64_t sa_mcentral_sys_bytes(void);
+
+/* ---- mheap (alloc/mheap.c): pages, one lock. */
+struct sa_heap_counters {
+    uint64_t sys_bytes;        /* heap bytes mapped from the OS */
+    uint64_t inuse_pages;      /* pages in SMALL or LARGE spans */
+    uint64_t released_pages;   /* idle pages whose memory is with the OS */
+    uint64_t released_total;   /* bytes ever released */
+    uint64_t reacquired_total; /* released bytes taken back into use */
+    uint64_t large_mallocs, large_frees;
+    uint64_t large_alloc_bytes, large_total_alloc;
+    uint64_t span_records, span_records_sys;
+    uint64_t madvise_failures;
+    uint64_t pagemap_sys;      /* page-map leaves and the root pages used */
+};
+
+/* Allocate a span; *grew says the heap mapped new memory, and the caller
+ * must then call sa_scavenger_on_grow() once it holds no lock. */
+struct sa_span *sa_mheap_alloc(size_t npages, size_t align_pages, unsigned cls, bool *grew);
+void sa_mheap_free(struct sa_span *s);
+struct sa_span *sa_mheap_alloc_large(size_t npages, size_t align_pages);
+void sa_mheap_free_large(struct sa_span *s);
+void sa_mheap_read(struct sa_heap_counters *out);
+/* Release idle pages: spans idle since before `cutoff_ns`, oldest first, until
+ * `max_bytes` were released.  Returns bytes released. */
+uint64_t sa_mheap_scavenge(uint64_t cutoff_ns, uint64_t max_bytes);
+void sa_mheap_lock(void);
+void sa_mheap_unlock(void);
+void sa_mheap_fork_child(void);
+
+/* ---- os (alloc/os.c): the one place that talks to the kernel. */
+void *sa_os_map(size_t bytes, size_t align);
+void sa_os_unmap(void *addr, size_t bytes);
+bool sa_os_release(void *addr, size_t bytes);
+void sa_os_random(void *buf, size_t len);
+uint64_t sa_os_now_ns(void);
+size_t sa_os_page_size(void);
+/* Test hooks (internal): fail the next `n` maps; replace the clock. */
+SA_HIDDEN extern _Atomic int sa_os_fail_maps;
+SA_HIDDEN extern uint64_t (*sa_clock_hook)(void);
+
+/* ---- Bootstrap, options, errors (alloc/init.c, alloc/report.c) */
+struct sa_options {
+    uint64_t scavenge_idle_ns;  /* SPANALLOC_SCAVENGE_IDLE, default 5 min */
+    uint64_t memory_limit;      /* SPANALLOC_MEMORY_LIMIT, 0 = none */
+    bool madvise_free;          /* SPANALLOC_MADVISE=free */
+    bool scavenger_enabled;     /* SPANALLOC_SCAVENGER != off */
+    bool trace;                 /* SPANALLOC_TRACE=1 */
+    int stats_at_exit;          /* SPANALLOC_STATS: -1 none, 0 text, 1 json */
+};
+extern struct sa_options sa_options;
+extern _Atomic int sa_init_state; /* 0 none, 1 running, 2 done */
+void sa_init_slow(void);
+static inline void sa_ensure_init(void)
+{
+    if (SA_UNLIKELY(atomic_load_explicit(&sa_init_state, memory_order_acquire) != 2))
+        sa_init_slow();
+}
+bool sa_parse_duration(const char *s, uint64_t *ns);
+bool sa_parse_bytes(const char *s, uint64_t *bytes);
+
+/* Report a misuse of the heap on stderr without allocating, then abort. */
+SA_COLD __attribute__((noreturn)) void sa_report(const char *what, const void *ptr,
+                                                 const struct sa_span *s);
+/* Validate a pointer handed to free/realloc/usable_size; returns its span
+ * or reports and aborts. */
+struct sa_span *sa_checked_span(const void *ptr, const char *op);
+
+/* ---- Hooks into the scavenger (scavenger/scavenger.c) */
+void sa_scavenger_on_grow(void);   /* heap grew: start thread, check limit */
+void sa_scavenger_poke(void);      /* no lock held: restart after fork */
+void sa_scavenger_fork_prepare(void);
+void sa_scavenger_fork_parent(void);
+void sa_scavenger_fork_child(void);
+
+/* ---- Internal entry points shared by the C API and the libc names */
+void *sa_malloc(size_t size);
+void sa_free(void *ptr);
+size_t sa_usable_size(const void *ptr);
+
+#endif /* SPANALLOC_INTERNAL_H */

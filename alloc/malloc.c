@@ -1,0 +1,212 @@
+/*
+ * malloc.c: the prefixed C API (spanalloc_malloc, ...) and everything the
+ * entry points do off the fast path: large objects, aligned requests,
+ * calloc's zeroing, realloc's in-place cases, and the checks that turn a bad
+ * pointer into a report instead of a corrupted heap.
+ *
+ * Semantics follow glibc's: 16-byte alignment for every block (every class
+ * is a multiple of 16), NULL with errno ENOMEM for impossible sizes and
+ * overflow, realloc(NULL, n) allocates, realloc(p, 0) frees and returns NULL.
+ */
+#include <errno.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "entry.h"
+
+#define SA_MAX_REQUEST ((size_t)PTRDIFF_MAX)
+
+static bool is_power_of_two(size_t x)
+{
+    return x != 0 && (x & (x - 1)) == 0;
+}
+
+/* ---- Large objects: a span of their own from the mheap */
+
+void *sa_malloc_large(size_t size, size_t align)
+{
+    sa_ensure_init();
+    if (size > SA_MAX_REQUEST || align > ((size_t)1 << (SA_ADDR_BITS - 2))) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    size_t npages = (size + SA_PAGE_SIZE - 1) >> SA_PAGE_SHIFT;
+    size_t align_pages = align > SA_PAGE_SIZE ? align >> SA_PAGE_SHIFT : 1;
+    struct sa_span *s = sa_mheap_alloc_large(npages ? npages : 1, align_pages);
+    if (s == NULL) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    return (void *)s->base;
+}
+
+void sa_free_not_small(void *ptr, struct sa_span *s)
+{
+    if (s != NULL && s->state == SA_SPAN_LARGE && (uintptr_t)ptr == s->base) {
+        sa_mheap_free_large(s);
+        return;
+    }
+    sa_checked_span(ptr, "free");
+    sa_report("free of an invalid pointer", ptr, s); /* not reached */
+}
+
+/* ---- Entry points shared with override.c */
+
+void *sa_malloc(size_t size)
+{
+    return sa_malloc_inline(size);
+}
+
+void sa_free(void *ptr)
+{
+    sa_free_inline(ptr);
+}
+
+size_t sa_usable_size(const void *ptr)
+{
+    if (ptr == NULL)
+        return 0;
+    struct sa_span *s = sa_checked_span(ptr, "malloc_usable_size");
+    if (s->state == SA_SPAN_SMALL)
+        return s->elem_size;
+    return (size_t)s->npages << SA_PAGE_SHIFT;
+}
+
+/* A small class whose size is a multiple of align (align <= page size):
+ * objects start at page-aligned span bases, so every object is aligned. */
+static unsigned aligned_class(size_t size, size_t align)
+{
+    size_t rounded = (size + align - 1) & ~(align - 1);
+    if (rounded > SA_MAX_SMALL)
+        return 0;
+    for (unsigned cls = sa_size_class(rounded); cls < SA_NUM_CLASSES; cls++)
+        if (sa_class_size[cls] % align == 0)
+            return cls;
+    return 0;
+}
+
+static void *malloc_aligned(size_t align, size_t size)
+{
+    if (align <= 16)
+        return sa_malloc_inline(size);
+    if (align <= SA_PAGE_SIZE) {
+        unsigned cls = aligned_class(size, align);
+        if (cls != 0)
+            return sa_mcache_alloc(cls);
+    }
+    return sa_malloc_large(size, align);
+}
+
+/* ---- The prefixed API */
+
+void *spanalloc_malloc(size_t size)
+{
+    return sa_malloc_inline(size);
+}
+
+void spanalloc_free(void *ptr)
+{
+    sa_free_inline(ptr);
+}
+
+void *spanalloc_calloc(size_t count, size_t size)
+{
+    size_t total;
+    if (__builtin_mul_overflow(count, size, &total)) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    void *p = sa_malloc_inline(total);
+    if (p == NULL)
+        return NULL;
+    if (total <= SA_MAX_SMALL || sa_pagemap_lookup((uintptr_t)p)->needzero)
+        memset(p, 0, total);
+    return p;
+}
+
+void *spanalloc_realloc(void *ptr, size_t size)
+{
+    if (ptr == NULL)
+        return sa_malloc_inline(size);
+    if (size == 0) {
+        sa_free_inline(ptr);
+        return NULL;
+    }
+    size_t usable = sa_usable_size(ptr);
+    /* Keep the block while the new size fits and wastes at most half. */
+    if (size <= usable && size >= usable / 2)
+        return ptr;
+    void *fresh = sa_malloc_inline(size);
+    if (fresh == NULL)
+        return NULL; /* the old block stays valid, as C requires */
+    memcpy(fresh, ptr, size < usable ? size : usable);
+    sa_free_inline(ptr);
+    return fresh;
+}
+
+void *spanalloc_reallocarray(void *ptr, size_t count, size_t size)
+{
+    size_t total;
+    if (__builtin_mul_overflow(count, size, &total)) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    return spanalloc_realloc(ptr, total);
+}
+
+void *spanalloc_aligned_alloc(size_t alignment, size_t size)
+{
+    if (!is_power_of_two(alignment)) {
+        errno = EINVAL;
+        return NULL;
+    }
+    return malloc_aligned(alignment, size);
+}
+
+int spanalloc_posix_memalign(void **out, size_t alignment, size_t size)
+{
+    if (!is_power_of_two(alignment) || alignment % sizeof(void *) != 0)
+        return EINVAL;
+    int saved = errno;
+    void *p = malloc_aligned(alignment, size);
+    if (p == NULL) {
+        errno = saved; /* posix_memalign reports through its result only */
+        return ENOMEM;
+    }
+    *out = p;
+    return 0;
+}
+
+/* memalign rounds a non-power-of-two alignment up, as glibc does. */
+void *sa_memalign(size_t alignment, size_t size)
+{
+    if (alignment > ((size_t)1 << (SA_ADDR_BITS - 2))) {
+        errno = EINVAL;
+        return NULL;
+    }
+    if (!is_power_of_two(alignment)) {
+        size_t a = 1;
+        while (a < alignment)
+            a <<= 1;
+        alignment = a;
+    }
+    return malloc_aligned(alignment, size);
+}
+
+size_t spanalloc_usable_size(const void *ptr)
+{
+    return sa_usable_size(ptr);
+}
+
+void spanalloc_free_sized(void *ptr, size_t size)
+{
+    (void)size;
+    sa_free_inline(ptr);
+}
+
+void spanalloc_free_aligned_sized(void *ptr, size_t alignment, size_t size)
+{
+    (void)alignment;
+    (void)size;
+    sa_free_inline(ptr);
+}

@@ -1,0 +1,45 @@
+/*
+ * mcache.h: the fast path, inlined into the entry points.
+ *
+ * A thread's cache holds, per size class, a list of free blocks.  malloc pops
+ * from it and free pushes onto it: no lock, no atomic read-modify-write, and
+ * no write to memory another thread writes (the counters are the thread's
+ * own).  Everything else (an empty list, a full list, a thread without a
+ * cache yet) is one call away in mcache.c.
+ */
+#ifndef SPANALLOC_MCACHE_H
+#define SPANALLOC_MCACHE_H
+
+#include "internal.h"
+
+static inline void *sa_mcache_alloc(unsigned cls)
+{
+    struct sa_cache_list *l = &sa_tls_cache->lists[cls];
+    uintptr_t *block = l->head;
+    if (SA_UNLIKELY(block == NULL))
+        return sa_mcache_alloc_slow(cls);
+    void *next = sa_decode_link(block[0], block);
+    if (SA_UNLIKELY(block[1] != sa_free_mark(block) || !sa_link_plausible(next)))
+        sa_report("corrupted free block (written after free)", block, NULL);
+    block[1] = 0; /* no longer free */
+    l->head = next;
+    l->count--;
+    sa_count(&l->mallocs);
+    return block;
+}
+
+/* Push a checked small block onto this thread's list for its class. */
+static inline void sa_mcache_free(void *block, unsigned cls)
+{
+    struct sa_cache_list *l = &sa_tls_cache->lists[cls];
+    if (SA_UNLIKELY(l->count >= l->max)) {
+        sa_mcache_free_slow(block, cls);
+        return;
+    }
+    sa_block_make_free(block, l->head);
+    l->head = block;
+    l->count++;
+    sa_count(&l->frees);
+}
+
+#endif /* SPANALLOC_MCACHE_H */

@@ -1,0 +1,153 @@
+/*
+ * mcentral.c: the middle tier, one per size class, each with its own lock.
+ *
+ * An mcentral owns the spans of its class that still have free objects (the
+ * partial list).  Thread caches trade objects with it in batches: fill takes
+ * a batch out of partial spans (carving fresh objects when their free lists
+ * run dry, asking the mheap for a new span when none is left), release puts
+ * each object back into its span.  A span whose last object comes back is
+ * returned to the mheap at once, so heap_inuse counts only spans that hold
+ * objects.  Spans with no free object are on no list: the page map finds them
+ * when an object comes back.
+ */
+#include "internal.h"
+
+struct mcentral {
+    pthread_mutex_t lock;
+    struct sa_span_list partial;
+} __attribute__((aligned(64)));
+
+static struct mcentral centrals[SA_NUM_CLASSES] = {
+    [0 ... SA_NUM_CLASSES - 1] = {.lock = PTHREAD_MUTEX_INITIALIZER},
+};
+
+static void init_locks(void)
+{
+    for (unsigned c = 0; c < SA_NUM_CLASSES; c++)
+        pthread_mutex_init(&centrals[c].lock, NULL);
+}
+
+static bool span_has_free(const struct sa_span *s)
+{
+    return s->freelist != NULL || s->ncarved < s->nelems;
+}
+
+/* Take one free object out of a span with free objects.  Links popped from a
+ * span's own list must point back into the span: anything else means a
+ * use-after-free write corrupted it. */
+static void *span_take(struct sa_span *s)
+{
+    void *obj = s->freelist;
+    if (obj != NULL) {
+        if (!sa_block_is_free(obj))
+            sa_report("corrupted free block (written after free)", obj, s);
+        void *next = sa_decode_link(((uintptr_t *)obj)[0], obj);
+        uintptr_t limit = s->base + (uintptr_t)s->nelems * s->elem_size;
+        if (next != NULL && ((uintptr_t)next < s->base || (uintptr_t)next >= limit))
+            sa_report("corrupted free list link", obj, s);
+        s->freelist = next;
+    } else {
+        obj = (void *)(s->base + (uintptr_t)s->ncarved * s->elem_size);
+        s->ncarved++;
+    }
+    s->nalloc++;
+    return obj;
+}
+
+uint32_t sa_mcentral_fill(unsigned cls, uint32_t want, void **head)
+{
+    struct mcentral *c = &centrals[cls];
+    void *list = NULL;
+    uint32_t got = 0;
+    bool grew = false;
+    pthread_mutex_lock(&c->lock);
+    while (got < want) {
+        struct sa_span *s = c->partial.first;
+        if (s == NULL) {
+            s = sa_mheap_alloc(sa_class_npages[cls], 1, cls, &grew);
+            if (s == NULL)
+                break; /* out of memory: hand out what we have */
+            sa_span_list_push(&c->partial, s);
+        }
+        while (got < want && span_has_free(s)) {
+            void *obj = span_take(s);
+            sa_block_make_free(obj, list);
+            list = obj;
+            got++;
+        }
+        if (!span_has_free(s))
+            sa_span_list_remove(&c->partial, s);
+    }
+    pthread_mutex_unlock(&c->lock);
+    /* Hooks run with no lock held: they may start a thread, which allocates. */
+    if (grew)
+        sa_scavenger_on_grow();
+    sa_scavenger_poke();
+    *head = list;
+    return got;
+}
+
+/* Put one object back into its span; returns the span if it became empty. */
+static struct sa_span *span_put(struct mcentral *c, void *obj)
+{
+    struct sa_span *s = sa_pagemap_lookup((uintptr_t)obj);
+    bool was_full = !span_has_free(s);
+    sa_block_make_free(obj, s->freelist);
+    s->freelist = obj;
+    s->nalloc--;
+    if (s->nalloc == 0) {
+        if (!was_full)
+            sa_span_list_remove(&c->partial, s);
+        return s;
+    }
+    if (was_full)
+        sa_span_list_push(&c->partial, s);
+    return NULL;
+}
+
+/* Release a list of free blocks (as the caches hold them) to their spans.
+ * Empty spans go back to the mheap after the class lock is dropped. */
+void sa_mcentral_release(unsigned cls, void *head)
+{
+    struct mcentral *c = &centrals[cls];
+    struct sa_span *empty = NULL;
+    pthread_mutex_lock(&c->lock);
+    while (head != NULL) {
+        void *obj = head;
+        head = sa_decode_link(((uintptr_t *)obj)[0], obj);
+        struct sa_span *s = span_put(c, obj);
+        if (s != NULL) {
+            s->next = empty; /* chain through the list link; it is on no list */
+            empty = s;
+        }
+    }
+    pthread_mutex_unlock(&c->lock);
+    while (empty != NULL) {
+        struct sa_span *s = empty;
+        empty = s->next;
+        s->next = NULL;
+        sa_mheap_free(s);
+    }
+}
+
+void sa_mcentral_fork_prepare(void)
+{
+    for (unsigned c = 1; c < SA_NUM_CLASSES; c++)
+        pthread_mutex_lock(&centrals[c].lock);
+}
+
+void sa_mcentral_fork_parent(void)
+{
+    for (unsigned c = SA_NUM_CLASSES; c-- > 1;)
+        pthread_mutex_unlock(&centrals[c].lock);
+}
+
+void sa_mcentral_fork_child(void)
+{
+    init_locks();
+}
+
+uint64_t sa_mcentral_sys_bytes(void)
+{
+    return sizeof(centrals);
+}

@@ -1,0 +1,492 @@
+/*
+ * mheap.c: the page heap.  It owns every page spanalloc maps, carves runs of
+ * pages into spans for the mcentrals and for large objects, coalesces free
+ * neighbours, and keeps idle spans for reuse, each stamped with the time it
+ * became idle so the scavenger can release the old ones.
+ *
+ * Free spans are indexed twice:
+ *   - by size, in buckets of exact page counts (1..127) and one bucket for
+ *     bigger spans, in two sets: "dirty" spans (some pages still resident)
+ *     are preferred over "clean" ones (every page released), so reuse does
+ *     not fault memory back in while resident idle memory is at hand;
+ *   - by age, dirty spans only, oldest first, for the scavenger.
+ *
+ * Which idle pages are released is recorded exactly, a bit per page, in the
+ * page map's leaves; fresh memory from the OS counts as released (it is not
+ * resident until touched), so heap_sys - heap_released tracks the heap's
+ * share of RSS.  Everything here runs under one lock, the heap lock; the
+ * scavenger drops it while the kernel releases pages.
+ */
+#include <string.h>
+
+#include "internal.h"
+
+#define SA_BUCKETS 128          /* [1..127] exact page counts, [0] bigger */
+#define SA_SCAVENGE_CHUNK 512   /* pages released per syscall: 4 MiB */
+
+enum { LIST_NONE = 0, LIST_DIRTY = 1, LIST_CLEAN = 2 };
+
+struct free_set {
+    struct sa_span_list bucket[SA_BUCKETS];
+    uint64_t nonempty[SA_BUCKETS / 64];
+};
+
+static pthread_mutex_t heap_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct free_set dirty_set, clean_set;
+static struct sa_span *age_first, *age_last;
+struct sa_heap_counters sa_heap_counters_locked;
+#define counters sa_heap_counters_locked
+
+void sa_mheap_lock(void)
+{
+    pthread_mutex_lock(&heap_lock);
+}
+
+void sa_mheap_unlock(void)
+{
+    pthread_mutex_unlock(&heap_lock);
+}
+
+void sa_mheap_fork_child(void)
+{
+    pthread_mutex_init(&heap_lock, NULL);
+}
+
+static uintptr_t span_end(const struct sa_span *s)
+{
+    return s->base + ((uintptr_t)s->npages << SA_PAGE_SHIFT);
+}
+
+static bool span_is_dirty(const struct sa_span *s)
+{
+    return s->released_pages < s->npages;
+}
+
+/* ---- The size-indexed sets */
+
+static unsigned bucket_of(size_t npages)
+{
+    return npages < SA_BUCKETS ? (unsigned)npages : 0;
+}
+
+static void set_insert(struct free_set *set, struct sa_span *s)
+{
+    unsigned b = bucket_of(s->npages);
+    sa_span_list_push(&set->bucket[b], s);
+    set->nonempty[b / 64] |= (uint64_t)1 << (b % 64);
+}
+
+static void set_remove(struct free_set *set, struct sa_span *s)
+{
+    unsigned b = bucket_of(s->npages);
+    sa_span_list_remove(&set->bucket[b], s);
+    if (set->bucket[b].first == NULL)
+        set->nonempty[b / 64] &= ~((uint64_t)1 << (b % 64));
+}
+
+/* Smallest exact bucket >= npages that is not empty, or 0 if none. */
+static unsigned first_bucket_from(const struct free_set *set, size_t npages)
+{
+    for (unsigned b = (unsigned)npages; b < SA_BUCKETS; b = (b | 63) + 1) {
+        uint64_t bits = set->nonempty[b / 64] & (~(uint64_t)0 << (b % 64));
+        if (bits)
+            return (b & ~63u) + (unsigned)__builtin_ctzll(bits);
+    }
+    return 0;
+}
+
+/* Best fit: the smallest span of at least npages (lowest address on ties in
+ * the big bucket, which keeps the heap compact). */
+static struct sa_span *set_find(const struct free_set *set, size_t npages)
+{
+    if (npages < SA_BUCKETS) {
+        unsigned b = first_bucket_from(set, npages);
+        if (b != 0)
+            return set->bucket[b].first;
+    }
+    struct sa_span *best = NULL;
+    for (struct sa_span *s = set->bucket[0].first; s != NULL; s = s->next) {
+        if (s->npages < npages)
+            continue;
+        if (best == NULL || s->npages < best->npages ||
+            (s->npages == best->npages && s->base < best->base))
+            best = s;
+    }
+    return best;
+}
+
+/* ---- The age list (dirty spans, oldest first) */
+
+static void age_insert(struct sa_span *s)
+{
+    struct sa_span *after = age_last;
+    while (after != NULL && after->idle_since_ns > s->idle_since_ns)
+        after = after->age_prev;
+    s->age_prev = after;
+    s->age_next = after ? after->age_next : age_first;
+    if (s->age_next)
+        s->age_next->age_prev = s;
+    else
+        age_last = s;
+    if (after)
+        after->age_next = s;
+    else
+        age_first = s;
+}
+
+static void age_remove(struct sa_span *s)
+{
+    if (s->age_prev)
+        s->age_prev->age_next = s->age_next;
+    else
+        age_first = s->age_next;
+    if (s->age_next)
+        s->age_next->age_prev = s->age_prev;
+    else
+        age_last = s->age_prev;
+    s->age_next = s->age_prev = NULL;
+}
+
+/* ---- Free spans: insert, remove, coalesce */
+
+static void free_lists_insert(struct sa_span *s)
+{
+    if (span_is_dirty(s)) {
+        set_insert(&dirty_set, s);
+        age_insert(s);
+        s->on_list = LIST_DIRTY;
+    } else {
+        set_insert(&clean_set, s);
+        s->on_list = LIST_CLEAN;
+    }
+}
+
+static void free_lists_remove(struct sa_span *s)
+{
+    if (s->on_list == LIST_DIRTY) {
+        set_remove(&dirty_set, s);
+        age_remove(s);
+    } else if (s->on_list == LIST_CLEAN) {
+        set_remove(&clean_set, s);
+    }
+    s->on_list = LIST_NONE;
+}
+
+/* A free span maps its first and last page only (see pagemap.c). */
+static void map_free_span(struct sa_span *s)
+{
+    sa_pagemap_set_page(s->base, s);
+    sa_pagemap_set_page(span_end(s) - SA_PAGE_SIZE, s);
+}
+
+/* The idle time of two merged spans: the newer of their resident parts, so a
+ * merge never makes recently freed memory look old. */
+static uint64_t merged_idle_since(const struct sa_span *a, const struct sa_span *b)
+{
+    if (span_is_dirty(a) != span_is_dirty(b))
+        return span_is_dirty(a) ? a->idle_since_ns : b->idle_since_ns;
+    return a->idle_since_ns > b->idle_since_ns ? a->idle_since_ns : b->idle_since_ns;
+}
+
+static struct sa_span *free_neighbour(uintptr_t addr)
+{
+    struct sa_span *n = sa_pagemap_lookup(addr);
+    return (n != NULL && n->state == SA_SPAN_FREE) ? n : NULL;
+}
+
+/* Absorb `victim` (a free span adjacent to s) into s. */
+static void absorb(struct sa_span *s, struct sa_span *victim)
+{
+    free_lists_remove(victim);
+    s->idle_since_ns = merged_idle_since(s, victim);
+    if (victim->base < s->base) {
+        sa_pagemap_set_page(span_end(victim) - SA_PAGE_SIZE, NULL);
+        sa_pagemap_set_page(s->base, NULL);
+        s->base = victim->base;
+    } else {
+        sa_pagemap_set_page(span_end(s) - SA_PAGE_SIZE, NULL);
+        sa_pagemap_set_page(victim->base, NULL);
+    }
+    s->npages += victim->npages;
+    s->released_pages += victim->released_pages;
+    sa_span_record_free(victim);
+}
+
+/* Insert a free span (state FREE, released_pages and idle time set),
+ * merging it with free neighbours first. */
+static void coalesce_and_insert(struct sa_span *s)
+{
+    struct sa_span *left = s->base ? free_neighbour(s->base - SA_PAGE_SIZE) : NULL;
+    if (left != NULL && span_end(left) == s->base)
+        absorb(s, left);
+    struct sa_span *right = free_neighbour(span_end(s));
+    if (right != NULL && right->base == span_end(s))
+        absorb(s, right);
+    map_free_span(s);
+    free_lists_insert(s);
+}
+
+/* Split the first `npages` off a detached free span; the rest becomes a new
+ * free span inserted into the lists.  Returns false if no record was free. */
+static bool split_free_tail(struct sa_span *s, size_t npages)
+{
+    if (s->npages == npages)
+        return true;
+    struct sa_span *rest = sa_span_record_new();
+    if (rest == NULL)
+        return false;
+    rest->base = s->base + (npages << SA_PAGE_SHIFT);
+    rest->npages = s->npages - (uint32_t)npages;
+    rest->state = SA_SPAN_FREE;
+    rest->idle_since_ns = s->idle_since_ns;
+    rest->released_pages = (uint32_t)sa_pagemap_count_released(rest->base, rest->npages);
+    s->npages = (uint32_t)npages;
+    s->released_pages -= rest->released_pages;
+    map_free_span(rest);
+    free_lists_insert(rest);
+    return true;
+}
+
+/* ---- Growth */
+
+static bool grow(size_t npages)
+{
+    size_t bytes = npages << SA_PAGE_SHIFT;
+    if (npages > (SIZE_MAX >> SA_PAGE_SHIFT) / 2)
+        return false;
+    size_t chunk = bytes < SA_HEAP_GROW_MIN ? SA_HEAP_GROW_MIN : bytes;
+    void *mem = sa_os_map(chunk, SA_PAGE_SIZE);
+    if (mem == NULL && chunk > bytes) {
+        chunk = bytes; /* under an address-space limit: take just enough */
+        mem = sa_os_map(chunk, SA_PAGE_SIZE);
+    }
+    if (mem == NULL)
+        return false;
+    struct sa_span *s = sa_span_record_new();
+    if (s == NULL || !sa_pagemap_ensure((uintptr_t)mem, chunk)) {
+        if (s != NULL)
+            sa_span_record_free(s);
+        sa_os_unmap(mem, chunk);
+        return false;
+    }
+    s->base = (uintptr_t)mem;
+    s->npages = (uint32_t)(chunk >> SA_PAGE_SHIFT);
+    s->state = SA_SPAN_FREE;
+    s->released_pages = s->npages; /* untouched memory is not resident */
+    sa_pagemap_mark_released(s->base, s->npages, true);
+    counters.sys_bytes += chunk;
+    counters.released_pages += s->npages;
+    coalesce_and_insert(s);
+    return true;
+}
+
+/* ---- Allocation */
+
+static struct sa_span *find_free(size_t npages)
+{
+    struct sa_span *s = set_find(&dirty_set, npages);
+    return s != NULL ? s : set_find(&clean_set, npages);
+}
+
+/* Give the lead pages before an aligned start back to the free lists. */
+static bool trim_lead(struct sa_span *s, size_t lead)
+{
+    if (lead == 0)
+        return true;
+    struct sa_span *head = sa_span_record_new();
+    if (head == NULL)
+        return false;
+    *head = *s;
+    head->npages = (uint32_t)lead;
+    head->released_pages = (uint32_t)sa_pagemap_count_released(head->base, lead);
+    s->base += lead << SA_PAGE_SHIFT;
+    s->npages -= (uint32_t)lead;
+    s->released_pages -= head->released_pages;
+    map_free_span(head);
+    free_lists_insert(head);
+    return true;
+}
+
+static struct sa_span *alloc_locked(size_t npages, size_t align_pages, bool *grew)
+{
+    size_t want = npages + (align_pages > 1 ? align_pages - 1 : 0);
+    if (want < npages || want > UINT32_MAX)
+        return NULL;
+    struct sa_span *s = find_free(want);
+    if (s == NULL) {
+        if (!grow(want))
+            return NULL;
+        *grew = true;
+        s = find_free(want);
+    }
+    free_lists_remove(s);
+    uintptr_t align = (uintptr_t)(align_pages > 1 ? align_pages : 1) << SA_PAGE_SHIFT;
+    size_t lead = (((s->base + align - 1) & ~(align - 1)) - s->base) >> SA_PAGE_SHIFT;
+    if (!trim_lead(s, lead) || !split_free_tail(s, npages)) {
+        map_free_span(s);
+        free_lists_insert(s);
+        return NULL;
+    }
+    uint32_t released = (uint32_t)sa_pagemap_count_released(s->base, s->npages);
+    if (released) {
+        sa_pagemap_mark_released(s->base, s->npages, false);
+        counters.released_pages -= released;
+        counters.reacquired_total += (uint64_t)released << SA_PAGE_SHIFT;
+    }
+    s->needzero = released < s->npages;
+    s->released_pages = 0;
+    counters.inuse_pages += s->npages;
+    return s;
+}
+
+/* Publish an allocated span: every page maps to it. */
+static void publish(struct sa_span *s, unsigned cls)
+{
+    s->cls = (uint8_t)cls;
+    if (cls != 0) {
+        s->state = SA_SPAN_SMALL;
+        s->elem_size = sa_class_size[cls];
+        s->div_magic = sa_class_magic[cls];
+        s->nelems = (uint32_t)((s->npages << SA_PAGE_SHIFT) / s->elem_size);
+    } else {
+        s->state = SA_SPAN_LARGE;
+        s->elem_size = (uint32_t)(s->npages << SA_PAGE_SHIFT);
+        if ((size_t)s->npages << SA_PAGE_SHIFT > UINT32_MAX)
+            s->elem_size = 0; /* huge: usable size comes from npages */
+        s->div_magic = 0;
+        s->nelems = 1;
+    }
+    s->nalloc = s->ncarved = 0;
+    s->freelist = NULL;
+    sa_pagemap_set(s->base, s->npages, s);
+}
+
+struct sa_span *sa_mheap_alloc(size_t npages, size_t align_pages, unsigned cls, bool *grew)
+{
+    pthread_mutex_lock(&heap_lock);
+    struct sa_span *s = alloc_locked(npages, align_pages, grew);
+    if (s != NULL) {
+        publish(s, cls);
+        if (cls == 0) {
+            counters.large_mallocs++;
+            counters.large_alloc_bytes += (uint64_t)s->npages << SA_PAGE_SHIFT;
+            counters.large_total_alloc += (uint64_t)s->npages << SA_PAGE_SHIFT;
+        }
+    }
+    pthread_mutex_unlock(&heap_lock);
+    return s;
+}
+
+struct sa_span *sa_mheap_alloc_large(size_t npages, size_t align_pages)
+{
+    bool grew = false;
+    struct sa_span *s = sa_mheap_alloc(npages, align_pages, 0, &grew);
+    if (grew)
+        sa_scavenger_on_grow();
+    sa_scavenger_poke();
+    return s;
+}
+
+/* ---- Freeing */
+
+static void free_locked(struct sa_span *s)
+{
+    counters.inuse_pages -= s->npages;
+    if (s->npages > 2)
+        sa_pagemap_set(s->base + SA_PAGE_SIZE, s->npages - 2, NULL);
+    s->state = SA_SPAN_FREE;
+    s->cls = 0;
+    s->freelist = NULL;
+    s->idle_since_ns = sa_os_now_ns();
+    s->released_pages = 0;
+    coalesce_and_insert(s);
+}
+
+void sa_mheap_free(struct sa_span *s)
+{
+    pthread_mutex_lock(&heap_lock);
+    free_locked(s);
+    pthread_mutex_unlock(&heap_lock);
+}
+
+void sa_mheap_free_large(struct sa_span *s)
+{
+    pthread_mutex_lock(&heap_lock);
+    if (s->state != SA_SPAN_LARGE) { /* lost a race with another free of it */
+        pthread_mutex_unlock(&heap_lock);
+        sa_report("free: block already freed (double free)", (void *)s->base, NULL);
+    }
+    counters.large_frees++;
+    counters.large_alloc_bytes -= (uint64_t)s->npages << SA_PAGE_SHIFT;
+    free_locked(s);
+    pthread_mutex_unlock(&heap_lock);
+}
+
+/* ---- Scavenging */
+
+/* Index of the first resident (unreleased) page of a dirty span. */
+static size_t first_resident_page(const struct sa_span *s)
+{
+    size_t i = 0;
+    while (i < s->npages &&
+           sa_pagemap_count_released(s->base + (i << SA_PAGE_SHIFT), 1) == 1)
+        i++;
+    return i;
+}
+
+/* Detach up to SA_SCAVENGE_CHUNK pages of the oldest dirty span idle since
+ * before cutoff, starting at its first resident page.  Heap lock held. */
+static struct sa_span *detach_scavenge_chunk(uint64_t cutoff_ns)
+{
+    struct sa_span *s = age_first;
+    if (s == NULL || s->idle_since_ns > cutoff_ns)
+        return NULL;
+    free_lists_remove(s);
+    size_t lead = first_resident_page(s);
+    if (lead > 0 && lead < s->npages && trim_lead(s, lead) == false)
+        lead = 0; /* no record to split with: release the whole span */
+    size_t take = s->npages < SA_SCAVENGE_CHUNK ? s->npages : SA_SCAVENGE_CHUNK;
+    (void)split_free_tail(s, take); /* without a record: the whole span */
+    s->state = SA_SPAN_SCAVENGING;
+    return s;
+}
+
+uint64_t sa_mheap_scavenge(uint64_t cutoff_ns, uint64_t max_bytes)
+{
+    uint64_t released = 0;
+    while (released < max_bytes) {
+        pthread_mutex_lock(&heap_lock);
+        struct sa_span *s = detach_scavenge_chunk(cutoff_ns);
+        pthread_mutex_unlock(&heap_lock);
+        if (s == NULL)
+            break;
+        /* The span is ours alone now: release it without the lock. */
+        bool ok = sa_os_release((void *)s->base, (size_t)s->npages << SA_PAGE_SHIFT);
+        pthread_mutex_lock(&heap_lock);
+        if (ok) {
+            uint32_t newly = s->npages -
+                             (uint32_t)sa_pagemap_count_released(s->base, s->npages);
+            sa_pagemap_mark_released(s->base, s->npages, true);
+            counters.released_pages += newly;
+            counters.released_total += (uint64_t)newly << SA_PAGE_SHIFT;
+            s->released_pages = s->npages;
+            released += (uint64_t)newly << SA_PAGE_SHIFT;
+        } else {
+            counters.madvise_failures++;
+        }
+        s->state = SA_SPAN_FREE;
+        coalesce_and_insert(s);
+        pthread_mutex_unlock(&heap_lock);
+        if (!ok)
+            break; /* the kernel refused: try again next cycle */
+    }
+    return released;
+}
+
+void sa_mheap_read(struct sa_heap_counters *out)
+{
+    pthread_mutex_lock(&heap_lock);
+    *out = counters;
+    out->pagemap_sys = sa_pagemap_sys_bytes();
+    pthread_mutex_unlock(&heap_lock);
+}

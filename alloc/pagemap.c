@@ -1,0 +1,106 @@
+/*
+ * pagemap.c: the map from an address to the span that holds it.
+ *
+ * Readers (free, realloc, usable_size) take no lock: a root entry is either
+ * NULL or a complete, never-freed leaf, published with a release store.
+ * Writers hold the heap lock.  The root is a static array: the kernel maps its
+ * pages only when an entry is first written, so covering the whole 47-bit
+ * address space commits nothing up front.
+ *
+ * Each leaf also keeps its arena's released-page bitmap, the exact record of
+ * which idle pages have been given back to the OS (or never touched).
+ */
+#include "internal.h"
+
+_Atomic(struct sa_arena_leaf *) sa_pagemap_root[SA_ROOT_ENTRIES];
+static uint64_t leaves_sys_bytes;
+
+static struct sa_arena_leaf *leaf_of(uintptr_t addr)
+{
+    return atomic_load_explicit(&sa_pagemap_root[addr >> SA_ARENA_SHIFT],
+                                memory_order_relaxed);
+}
+
+static size_t page_in_leaf(uintptr_t addr)
+{
+    return (addr >> SA_PAGE_SHIFT) & (SA_PAGES_PER_ARENA - 1);
+}
+
+bool sa_pagemap_ensure(uintptr_t base, size_t bytes)
+{
+    uintptr_t end = base + bytes;
+    if ((end - 1) >> SA_ADDR_BITS)
+        return false;
+    for (uintptr_t a = base & ~(SA_ARENA_SIZE - 1); a < end; a += SA_ARENA_SIZE) {
+        if (leaf_of(a) != NULL)
+            continue;
+        struct sa_arena_leaf *leaf = sa_os_map(sizeof(struct sa_arena_leaf), 0);
+        if (leaf == NULL)
+            return false;
+        leaves_sys_bytes += sizeof(struct sa_arena_leaf);
+        atomic_store_explicit(&sa_pagemap_root[a >> SA_ARENA_SHIFT], leaf,
+                              memory_order_release);
+    }
+    return true;
+}
+
+uint64_t sa_pagemap_sys_bytes(void)
+{
+    /* Leaves, plus the root pages their entries touched (an upper bound). */
+    uint64_t leaves = leaves_sys_bytes / sizeof(struct sa_arena_leaf);
+    return leaves_sys_bytes + leaves * 4096;
+}
+
+void sa_pagemap_set_page(uintptr_t addr, struct sa_span *s)
+{
+    atomic_store_explicit(&leaf_of(addr)->spans[page_in_leaf(addr)], s,
+                          memory_order_release);
+}
+
+void sa_pagemap_set(uintptr_t base, size_t npages, struct sa_span *s)
+{
+    for (size_t i = 0; i < npages; i++)
+        sa_pagemap_set_page(base + (i << SA_PAGE_SHIFT), s);
+}
+
+/* The released bitmap is walked a leaf at a time: a run of pages may cross
+ * from one 64 MiB arena into the next. */
+static size_t leaf_run(uintptr_t base, size_t npages, struct sa_arena_leaf **leaf,
+                       size_t *first)
+{
+    *leaf = leaf_of(base);
+    *first = page_in_leaf(base);
+    size_t room = SA_PAGES_PER_ARENA - *first;
+    return npages < room ? npages : room;
+}
+
+size_t sa_pagemap_count_released(uintptr_t base, size_t npages)
+{
+    size_t total = 0;
+    while (npages > 0) {
+        struct sa_arena_leaf *leaf;
+        size_t first, count = leaf_run(base, npages, &leaf, &first);
+        for (size_t i = first; i < first + count; i++)
+            total += (leaf->released[i >> 6] >> (i & 63)) & 1;
+        base += count << SA_PAGE_SHIFT;
+        npages -= count;
+    }
+    return total;
+}
+
+void sa_pagemap_mark_released(uintptr_t base, size_t npages, bool released)
+{
+    while (npages > 0) {
+        struct sa_arena_leaf *leaf;
+        size_t first, count = leaf_run(base, npages, &leaf, &first);
+        for (size_t i = first; i < first + count; i++) {
+            uint64_t bit = (uint64_t)1 << (i & 63);
+            if (released)
+                leaf->released[i >> 6] |= bit;
+            else
+                leaf->released[i >> 6] &= ~bit;
+        }
+        base += count << SA_PAGE_SHIFT;
+        npages -= count;
+    }
+}

@@ -1,0 +1,199 @@
+/*
+ * scavenger.c: giving idle memory back to the OS.
+ *
+ * Three ways memory goes back:
+ *   - the background scavenger, a thread started on the heap's first growth
+ *     (never from a constructor or the loader), which wakes every
+ *     min(idle threshold / 2, 5 s) and releases the pages of spans idle longer
+ *     than SPANALLOC_SCAVENGE_IDLE (default 5 minutes);
+ *   - free_os_memory(), which releases every idle span at once;
+ *   - the soft memory limit: while heap_sys - heap_released + metadata is
+ *     above it, idle spans are released oldest first whatever their age, by
+ *     the scavenger and synchronously when the heap grows.
+ * The mheap does the releasing in bounded chunks without its lock held; this
+ * file decides when and how much.
+ */
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "../alloc/internal.h"
+#include "../stats/stats_internal.h"
+#include "scavenger.h"
+
+#define NS_PER_S 1000000000ull
+#define MAX_PERIOD_NS (5 * NS_PER_S)
+#define MIN_PERIOD_NS 1000000ull
+
+enum { SCAV_OFF = 0, SCAV_RUNNING, SCAV_START_IN_CHILD };
+
+static pthread_mutex_t scav_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t scav_wake;
+static _Atomic int scav_state;
+static _Atomic uint64_t memory_limit;
+static _Atomic uint64_t num_scavenges, num_forced;
+static _Atomic bool limit_loaded;
+
+static uint64_t period_ns(void)
+{
+    uint64_t p = sa_options.scavenge_idle_ns / 2;
+    return p > MAX_PERIOD_NS ? MAX_PERIOD_NS : p < MIN_PERIOD_NS ? MIN_PERIOD_NS : p;
+}
+
+static uint64_t enforce_limit(void)
+{
+    uint64_t limit = atomic_load(&memory_limit);
+    if (limit == 0)
+        return 0;
+    uint64_t used = sa_stats_limited_bytes();
+    if (used <= limit)
+        return 0;
+    return sa_mheap_scavenge(UINT64_MAX, used - limit);
+}
+
+static void trace_cycle(uint64_t cycle, uint64_t released)
+{
+    struct mem_stats st;
+    read_mem_stats(&st);
+    char line[256];
+    const uint64_t mb = 1 << 20;
+    int n = snprintf(line, sizeof(line),
+                     "scvg%llu: %llu MB released\n"
+                     "scvg%llu: inuse: %llu, idle: %llu, sys: %llu, released: %llu, "
+                     "consumed: %llu (MB)\n",
+                     (unsigned long long)cycle, (unsigned long long)(released / mb),
+                     (unsigned long long)cycle, (unsigned long long)(st.heap_inuse / mb),
+                     (unsigned long long)(st.heap_idle / mb),
+                     (unsigned long long)(st.heap_sys / mb),
+                     (unsigned long long)(st.heap_released / mb),
+                     (unsigned long long)((st.heap_sys - st.heap_released) / mb));
+    if (n > 0) {
+        ssize_t ignored = write(STDERR_FILENO, line, (size_t)n < sizeof(line) ? (size_t)n : sizeof(line));
+        (void)ignored;
+    }
+}
+
+uint64_t sa_scavenger_cycle(void)
+{
+    uint64_t now = sa_os_now_ns();
+    uint64_t idle = sa_options.scavenge_idle_ns;
+    uint64_t cutoff = now > idle ? now - idle : 0;
+    uint64_t released = now > idle ? sa_mheap_scavenge(cutoff, UINT64_MAX) : 0;
+    released += enforce_limit();
+    uint64_t cycle = atomic_fetch_add(&num_scavenges, 1) + 1;
+    if (released && sa_options.trace)
+        trace_cycle(cycle, released);
+    return released;
+}
+
+static void *scavenger_main(void *arg)
+{
+    (void)arg;
+    for (;;) {
+        struct timespec deadline;
+        clock_gettime(CLOCK_MONOTONIC, &deadline);
+        uint64_t ns = (uint64_t)deadline.tv_nsec + period_ns();
+        deadline.tv_sec += (time_t)(ns / NS_PER_S);
+        deadline.tv_nsec = (long)(ns % NS_PER_S);
+        pthread_mutex_lock(&scav_lock);
+        pthread_cond_timedwait(&scav_wake, &scav_lock, &deadline);
+        pthread_mutex_unlock(&scav_lock);
+        sa_scavenger_cycle();
+    }
+    return NULL;
+}
+
+static void start_thread(void)
+{
+    pthread_condattr_t attr;
+    pthread_condattr_init(&attr);
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    pthread_cond_init(&scav_wake, &attr);
+    pthread_condattr_destroy(&attr);
+    /* The thread must take none of the program's signals. */
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    pthread_t tid;
+    if (pthread_create(&tid, NULL, scavenger_main, NULL) == 0)
+        pthread_detach(tid);
+    else
+        atomic_store(&scav_state, SCAV_OFF); /* try again at the next growth */
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+}
+
+static void load_limit_once(void)
+{
+    bool expected = false;
+    if (atomic_compare_exchange_strong(&limit_loaded, &expected, true) &&
+        atomic_load(&memory_limit) == 0)
+        atomic_store(&memory_limit, sa_options.memory_limit);
+}
+
+void sa_scavenger_on_grow(void)
+{
+    load_limit_once();
+    int expected = SCAV_OFF;
+    if (sa_options.scavenger_enabled &&
+        (atomic_compare_exchange_strong(&scav_state, &expected, SCAV_RUNNING) ||
+         (expected == SCAV_START_IN_CHILD &&
+          atomic_compare_exchange_strong(&scav_state, &expected, SCAV_RUNNING))))
+        start_thread();
+    enforce_limit();
+}
+
+void sa_scavenger_poke(void)
+{
+    if (SA_UNLIKELY(atomic_load_explicit(&scav_state, memory_order_relaxed) ==
+                    SCAV_START_IN_CHILD))
+        sa_scavenger_on_grow();
+}
+
+void sa_scavenger_fork_prepare(void)
+{
+    pthread_mutex_lock(&scav_lock);
+}
+
+void sa_scavenger_fork_parent(void)
+{
+    pthread_mutex_unlock(&scav_lock);
+}
+
+/* The thread did not survive the fork: start it again in the child at the
+ * child's next trip through the heap. */
+void sa_scavenger_fork_child(void)
+{
+    pthread_mutex_init(&scav_lock, NULL);
+    if (atomic_load(&scav_state) == SCAV_RUNNING)
+        atomic_store(&scav_state, SCAV_START_IN_CHILD);
+}
+
+bool sa_scavenger_running(void)
+{
+    return atomic_load(&scav_state) == SCAV_RUNNING;
+}
+
+void sa_scavenger_counters(uint64_t *cycles, uint64_t *forced)
+{
+    *cycles = atomic_load(&num_scavenges);
+    *forced = atomic_load(&num_forced);
+}
+
+void free_os_memory(void)
+{
+    sa_ensure_init();
+    sa_mcache_flush_current();
+    atomic_fetch_add(&num_forced, 1);
+    sa_mheap_scavenge(UINT64_MAX, UINT64_MAX);
+}
+
+uint64_t spanalloc_set_memory_limit(uint64_t bytes)
+{
+    sa_ensure_init();
+    load_limit_once();
+    uint64_t old = atomic_exchange(&memory_limit, bytes);
+    enforce_limit();
+    return old;
+}
