@@ -94,4 +94,16 @@ def main():
 
 
 if __name__ == "__main__":
+    import io
+    import sys
+    if len(sys.argv) == 3 and sys.argv[1] == "--check":
+        # Fail if the committed table differs from what the rule generates.
+        out = io.StringIO()
+        saved, sys.stdout = sys.stdout, out
+        main()
+        sys.stdout = saved
+        with open(sys.argv[2]) as f:
+            same = f.read() == out.getvalue()
+        print("sizeclasses_table.h is %s" % ("up to date" if same else "STALE: regenerate it"))
+        sys.exit(0 if same else 1)
     main()

@@ -1,0 +1,141 @@
+/* The mcache: bounded, flushed at thread exit, usable after its thread's
+ * TLS destructors ran, and cross-thread frees that touch no other cache. */
+#include <pthread.h>
+#include <string.h>
+
+#include "test_helpers.h"
+#include "internal.h"
+
+static void each_list_stays_under_its_cap(void **state)
+{
+    (void)state;
+    enum { N = 4000 };
+    static void *blocks[N];
+    for (unsigned cls = 1; cls < SA_NUM_CLASSES; cls += 5) {
+        size_t size = sa_class_size[cls];
+        unsigned n = size > 4096 ? 300 : N;
+        for (unsigned i = 0; i < n; i++)
+            blocks[i] = spanalloc_malloc(size);
+        for (unsigned i = 0; i < n; i++)
+            spanalloc_free(blocks[i]);
+        struct sa_cache_list *l = &sa_tls_cache->lists[cls];
+        assert_true(l->count <= sa_mcache_list_cap(cls));
+        assert_true((size_t)l->count * size <= 32 * 1024 || l->count <= 2);
+    }
+    size_t bound = sa_mcache_bound_bytes();
+    size_t held = 0;
+    for (unsigned cls = 1; cls < SA_NUM_CLASSES; cls++)
+        held += (size_t)sa_tls_cache->lists[cls].count * sa_class_size[cls];
+    assert_true(held <= bound);
+    assert_true(bound <= 2 * 1024 * 1024); /* the documented per-thread bound */
+}
+
+static void *alloc_and_free_all(void *arg)
+{
+    size_t size = (size_t)arg;
+    void *blocks[500];
+    for (int i = 0; i < 500; i++) {
+        blocks[i] = spanalloc_malloc(size);
+        memset(blocks[i], 1, size);
+    }
+    for (int i = 0; i < 500; i++)
+        spanalloc_free(blocks[i]);
+    return NULL;
+}
+
+/* What a thread cached comes back when it exits: its spans leave heap_inuse. */
+static void thread_exit_flushes_the_cache(void **state)
+{
+    (void)state;
+    struct mem_stats before = stats_now();
+    pthread_t t;
+    pthread_create(&t, NULL, alloc_and_free_all, (void *)(size_t)208);
+    pthread_join(t, NULL);
+    struct mem_stats after = stats_now();
+    assert_int_equal(after.heap_inuse, before.heap_inuse);
+    assert_int_equal(after.mcache_inuse, before.mcache_inuse);
+    assert_int_equal(after.heap_objects, before.heap_objects);
+    assert_int_equal(after.by_size[sa_size_class(208)].mallocs,
+                     before.by_size[sa_size_class(208)].mallocs + 500);
+    assert_stats_invariants(&after);
+}
+
+/* glibc runs TLS destructors in key order; ours was created first, so a
+ * program's destructor runs after our cache was flushed. */
+static pthread_key_t late_key;
+static int late_ok;
+static void late_destructor(void *arg)
+{
+    (void)arg;
+    char *p = spanalloc_malloc(100);
+    char *q = spanalloc_malloc(70000);
+    if (p && q) {
+        memset(p, 7, 100);
+        memset(q, 7, 70000);
+        late_ok = p[99] == 7 && q[69999] == 7 && spanalloc_usable_size(p) == 112;
+    }
+    spanalloc_free(p);
+    spanalloc_free(q);
+}
+
+static void *set_late_key(void *arg)
+{
+    (void)arg;
+    spanalloc_free(spanalloc_malloc(16)); /* this thread has a cache */
+    pthread_setspecific(late_key, (void *)1);
+    return NULL;
+}
+
+static void malloc_works_after_thread_teardown(void **state)
+{
+    (void)state;
+    pthread_key_create(&late_key, late_destructor);
+    struct mem_stats before = stats_now();
+    pthread_t t;
+    pthread_create(&t, NULL, set_late_key, NULL);
+    pthread_join(t, NULL);
+    assert_true(late_ok);
+    struct mem_stats after = stats_now();
+    assert_int_equal(after.mallocs, before.mallocs + 3);
+    assert_int_equal(after.frees, before.frees + 3);
+    assert_int_equal(after.heap_objects, before.heap_objects);
+}
+
+/* Blocks freed by another thread land in that thread's cache. */
+static void *free_them(void *arg)
+{
+    void **blocks = arg;
+    for (int i = 0; i < 100; i++)
+        spanalloc_free(blocks[i]);
+    return NULL;
+}
+
+static void cross_thread_free_is_counted_once(void **state)
+{
+    (void)state;
+    static void *blocks[100];
+    struct mem_stats before = stats_now();
+    for (int i = 0; i < 100; i++)
+        blocks[i] = spanalloc_malloc(48);
+    pthread_t t;
+    pthread_create(&t, NULL, free_them, blocks);
+    pthread_join(t, NULL);
+    struct mem_stats after = stats_now();
+    unsigned cls = sa_size_class(48);
+    assert_int_equal(after.by_size[cls].mallocs, before.by_size[cls].mallocs + 100);
+    assert_int_equal(after.by_size[cls].frees, before.by_size[cls].frees + 100);
+    assert_int_equal(after.heap_alloc, before.heap_alloc);
+    assert_stats_invariants(&after);
+}
+
+int main(void)
+{
+    sa_options.scavenger_enabled = false;
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(each_list_stays_under_its_cap),
+        cmocka_unit_test(thread_exit_flushes_the_cache),
+        cmocka_unit_test(malloc_works_after_thread_teardown),
+        cmocka_unit_test(cross_thread_free_is_counted_once),
+    };
+    return cmocka_run_group_tests_name("mcache", tests, NULL, NULL);
+}

@@ -1,0 +1,197 @@
+/* The mheap: carving, coalescing, reuse, idle ages, exact release accounting
+ * and the memory limit, under an injected clock (no sleeps). */
+#include <string.h>
+
+#include "test_helpers.h"
+#include "internal.h"
+#include "../scavenger/scavenger.h"
+
+#define MINUTE (60ull * 1000000000ull)
+#define SECOND (1000000000ull)
+
+static uint64_t fake_now = 1000 * MINUTE;
+static uint64_t fake_clock(void)
+{
+    return fake_now;
+}
+
+static struct sa_heap_counters heap_now(void)
+{
+    struct sa_heap_counters h;
+    sa_mheap_read(&h);
+    return h;
+}
+
+static void touch(struct sa_span *s)
+{
+    memset((void *)s->base, 0xab, (size_t)s->npages * SA_PAGE_SIZE);
+}
+
+/* Runs first, on a heap with nothing in it yet. */
+static void spans_are_carved_in_order_and_coalesce(void **state)
+{
+    (void)state;
+    struct sa_span *a = sa_mheap_alloc_large(3, 1);
+    struct sa_span *b = sa_mheap_alloc_large(4, 1);
+    struct sa_span *c = sa_mheap_alloc_large(5, 1);
+    assert_non_null(a);
+    assert_non_null(b);
+    assert_non_null(c);
+    assert_int_equal(b->base, a->base + 3 * SA_PAGE_SIZE);
+    assert_int_equal(c->base, b->base + 4 * SA_PAGE_SIZE);
+    uintptr_t a_base = a->base, b_base = b->base, c_base = c->base;
+
+    sa_mheap_free_large(a);
+    sa_mheap_free_large(c);
+    struct sa_span *fa = sa_pagemap_lookup(a_base);
+    assert_int_equal(fa->state, SA_SPAN_FREE);
+    assert_int_equal(fa->npages, 3);        /* b still separates a from c */
+    assert_int_equal(sa_pagemap_lookup(b_base)->state, SA_SPAN_LARGE);
+
+    sa_mheap_free_large(b);
+    struct sa_span *all = sa_pagemap_lookup(a_base);
+    assert_int_equal(all->state, SA_SPAN_FREE);
+    assert_int_equal(all->base, a_base);
+    assert_true(all->npages >= 12);         /* a+b+c and the rest of the chunk */
+    assert_null(sa_pagemap_lookup(b_base)); /* interior pages map to nothing */
+    assert_null(sa_pagemap_lookup(c_base));
+}
+
+static void freed_span_is_reused(void **state)
+{
+    (void)state;
+    struct sa_span *x = sa_mheap_alloc_large(7, 1);
+    uintptr_t base = x->base;
+    sa_mheap_free_large(x);
+    struct sa_span *y = sa_mheap_alloc_large(7, 1);
+    assert_int_equal(y->base, base);
+    sa_mheap_free_large(y);
+}
+
+static void aligned_spans_are_aligned_and_trimmed(void **state)
+{
+    (void)state;
+    struct sa_heap_counters before = heap_now();
+    struct sa_span *s = sa_mheap_alloc_large(3, 64); /* 512 KiB alignment */
+    assert_non_null(s);
+    assert_int_equal(s->base % (64 * SA_PAGE_SIZE), 0);
+    assert_int_equal(s->npages, 3);
+    assert_int_equal(heap_now().inuse_pages, before.inuse_pages + 3);
+    sa_mheap_free_large(s);
+    assert_int_equal(heap_now().inuse_pages, before.inuse_pages);
+}
+
+/* The default threshold is five minutes: 4m59s idle is kept, 5m01s released. */
+static void idle_threshold_is_respected(void **state)
+{
+    (void)state;
+    free_os_memory(); /* nothing else resident and idle */
+    struct sa_span *s = sa_mheap_alloc_large(100, 1);
+    touch(s);
+    sa_mheap_free_large(s);
+    uint64_t freed_at = fake_now;
+    struct sa_heap_counters before = heap_now();
+
+    fake_now = freed_at + 4 * MINUTE + 59 * SECOND;
+    assert_int_equal(sa_scavenger_cycle(), 0);
+    assert_int_equal(heap_now().released_total, before.released_total);
+
+    fake_now = freed_at + 5 * MINUTE + 1 * SECOND;
+    assert_int_equal(sa_scavenger_cycle(), 100 * SA_PAGE_SIZE);
+    struct sa_heap_counters after = heap_now();
+    assert_int_equal(after.released_total, before.released_total + 100 * SA_PAGE_SIZE);
+    assert_int_equal(after.released_pages, before.released_pages + 100);
+}
+
+/* Release, reuse and coalescing keep heap_released exact to the page. */
+static void release_accounting_is_exact(void **state)
+{
+    (void)state;
+    free_os_memory();
+    struct sa_heap_counters h0 = heap_now();
+
+    /* Reuse of released pages: counted back, and known to be zero. */
+    struct sa_span *s = sa_mheap_alloc_large(50, 1);
+    struct sa_heap_counters h1 = heap_now();
+    assert_int_equal(h1.released_pages, h0.released_pages - 50);
+    assert_int_equal(h1.reacquired_total, h0.reacquired_total + 50 * SA_PAGE_SIZE);
+    assert_false(s->needzero);
+    for (size_t i = 0; i < 50 * SA_PAGE_SIZE; i += 4096)
+        assert_int_equal(((char *)s->base)[i], 0);
+    touch(s);
+
+    /* Freed next to released neighbours: only its own pages are resident. */
+    sa_mheap_free_large(s);
+    struct sa_heap_counters h2 = heap_now();
+    assert_int_equal(h2.released_pages, h1.released_pages);
+    assert_int_equal(h2.inuse_pages, h0.inuse_pages);
+
+    /* Releasing the merged span counts only the 50 resident pages. */
+    fake_now += 10 * MINUTE;
+    assert_int_equal(sa_scavenger_cycle(), 50 * SA_PAGE_SIZE);
+    struct sa_heap_counters h3 = heap_now();
+    assert_int_equal(h3.released_pages, h0.released_pages);
+    assert_int_equal(h3.released_total, h2.released_total + 50 * SA_PAGE_SIZE);
+
+    /* Dirty memory is preferred over released memory on reuse. */
+    struct sa_span *d = sa_mheap_alloc_large(20, 1);
+    touch(d);
+    sa_mheap_free_large(d);
+    struct sa_heap_counters h4 = heap_now();
+    struct sa_span *again = sa_mheap_alloc_large(20, 1);
+    assert_true(again->needzero);
+    assert_int_equal(heap_now().reacquired_total, h4.reacquired_total);
+    sa_mheap_free_large(again);
+
+    struct mem_stats st = stats_now();
+    assert_stats_invariants(&st);
+}
+
+/* A big idle span is released in bounded chunks, all of it in the end. */
+static void big_span_is_released_in_chunks(void **state)
+{
+    (void)state;
+    free_os_memory();
+    struct sa_span *s = sa_mheap_alloc_large(3000, 1);
+    touch(s);
+    sa_mheap_free_large(s);
+    struct sa_heap_counters before = heap_now();
+    fake_now += 6 * MINUTE;
+    assert_int_equal(sa_scavenger_cycle(), 3000 * SA_PAGE_SIZE);
+    assert_int_equal(heap_now().released_pages, before.released_pages + 3000);
+}
+
+/* Above the soft limit, idle memory is released whatever its age. */
+static void memory_limit_releases_young_idle_memory(void **state)
+{
+    (void)state;
+    free_os_memory();
+    struct sa_span *s = sa_mheap_alloc_large(4096, 1); /* 32 MiB */
+    touch(s);
+    sa_mheap_free_large(s); /* idle since "now": too young for the scavenger */
+    struct mem_stats st = stats_now();
+    uint64_t resident = st.sys - st.heap_released;
+    uint64_t limit = resident - 16 * 1024 * 1024;
+    assert_int_equal(spanalloc_set_memory_limit(limit), 0);
+    st = stats_now();
+    assert_true(st.sys - st.heap_released <= limit);
+    assert_true(st.sys - st.heap_released >= limit - SA_PAGE_SIZE * 512); /* oldest first, bounded */
+    assert_int_equal(spanalloc_set_memory_limit(0), limit);
+    assert_stats_invariants(&st);
+}
+
+int main(void)
+{
+    sa_clock_hook = fake_clock;
+    sa_options.scavenger_enabled = false; /* cycles run here, on the test's clock */
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(spans_are_carved_in_order_and_coalesce),
+        cmocka_unit_test(freed_span_is_reused),
+        cmocka_unit_test(aligned_spans_are_aligned_and_trimmed),
+        cmocka_unit_test(idle_threshold_is_respected),
+        cmocka_unit_test(release_accounting_is_exact),
+        cmocka_unit_test(big_span_is_released_in_chunks),
+        cmocka_unit_test(memory_limit_releases_young_idle_memory),
+    };
+    return cmocka_run_group_tests_name("mheap", tests, NULL, NULL);
+}

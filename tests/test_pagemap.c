@@ -1,0 +1,92 @@
+/* The page map: address -> span, what it refuses, and the released bitmap. */
+#include <string.h>
+#include <sys/mman.h>
+
+#include "test_helpers.h"
+#include "internal.h"
+
+static int a_static;
+
+static void foreign_addresses_map_to_nothing(void **state)
+{
+    (void)state;
+    int on_stack;
+    spanalloc_free(spanalloc_malloc(1)); /* make sure the heap exists */
+    assert_null(sa_pagemap_lookup(0));
+    assert_null(sa_pagemap_lookup((uintptr_t)&on_stack));
+    assert_null(sa_pagemap_lookup((uintptr_t)&a_static));
+    assert_null(sa_pagemap_lookup((uintptr_t)1 << 47));
+    assert_null(sa_pagemap_lookup(UINTPTR_MAX));
+}
+
+static void every_page_of_an_inuse_span_maps_to_it(void **state)
+{
+    (void)state;
+    char *small = spanalloc_malloc(100);
+    char *large = spanalloc_malloc(5 * SA_PAGE_SIZE + 1);
+    struct sa_span *s = sa_pagemap_lookup((uintptr_t)small);
+    assert_non_null(s);
+    assert_int_equal(s->state, SA_SPAN_SMALL);
+    assert_int_equal(s->elem_size, 112);
+    assert_true((uintptr_t)small >= s->base &&
+                (uintptr_t)small < s->base + s->npages * SA_PAGE_SIZE);
+    struct sa_span *l = sa_pagemap_lookup((uintptr_t)large);
+    assert_non_null(l);
+    assert_int_equal(l->state, SA_SPAN_LARGE);
+    assert_int_equal(l->npages, 6);
+    for (size_t i = 0; i < l->npages; i++)
+        assert_ptr_equal(sa_pagemap_lookup(l->base + i * SA_PAGE_SIZE + 17), l);
+    spanalloc_free(small);
+    spanalloc_free(large);
+}
+
+/* A free span maps only its first and last page: nothing in between can be
+ * mistaken for a live object. */
+static void free_span_maps_only_its_ends(void **state)
+{
+    (void)state;
+    char *block = spanalloc_malloc(40 * SA_PAGE_SIZE);
+    uintptr_t base = (uintptr_t)block;
+    spanalloc_free(block);
+    struct sa_span *first = sa_pagemap_lookup(base);
+    assert_non_null(first);
+    assert_int_equal(first->state, SA_SPAN_FREE);
+    for (size_t i = 1; i + 1 < first->npages && i < 40; i++)
+        assert_null(sa_pagemap_lookup(first->base + i * SA_PAGE_SIZE));
+}
+
+/* The released bitmap counts exactly, across a 64 MiB leaf boundary. */
+static void released_bitmap_counts_across_leaves(void **state)
+{
+    (void)state;
+    size_t len = 3 * SA_ARENA_SIZE;
+    char *raw = mmap(NULL, len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    assert_true(raw != MAP_FAILED);
+    uintptr_t boundary = ((uintptr_t)raw + SA_ARENA_SIZE) & ~(SA_ARENA_SIZE - 1);
+    uintptr_t start = boundary - 10 * SA_PAGE_SIZE;
+    sa_mheap_lock();
+    assert_true(sa_pagemap_ensure(start, 30 * SA_PAGE_SIZE));
+    assert_int_equal(sa_pagemap_count_released(start, 30), 0);
+    sa_pagemap_mark_released(start + 5 * SA_PAGE_SIZE, 12, true); /* 5 before, 7 after */
+    assert_int_equal(sa_pagemap_count_released(start, 30), 12);
+    assert_int_equal(sa_pagemap_count_released(start, 10), 5);
+    assert_int_equal(sa_pagemap_count_released(boundary, 20), 7);
+    assert_int_equal(sa_pagemap_count_released(start + 6 * SA_PAGE_SIZE, 1), 1);
+    sa_pagemap_mark_released(start + 8 * SA_PAGE_SIZE, 4, false);
+    assert_int_equal(sa_pagemap_count_released(start, 30), 8);
+    sa_pagemap_mark_released(start, 30, false);
+    assert_int_equal(sa_pagemap_count_released(start, 30), 0);
+    sa_mheap_unlock();
+    munmap(raw, len);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(foreign_addresses_map_to_nothing),
+        cmocka_unit_test(every_page_of_an_inuse_span_maps_to_it),
+        cmocka_unit_test(free_span_maps_only_its_ends),
+        cmocka_unit_test(released_bitmap_counts_across_leaves),
+    };
+    return cmocka_run_group_tests_name("pagemap", tests, NULL, NULL);
+}

@@ -1,0 +1,96 @@
+/* The size-class table: pinned, and both 12.5% bounds for every class. */
+#include "test_helpers.h"
+#include "internal.h"
+
+/* The table as generated today; a change to the generator must show here. */
+static const uint32_t pinned[] = {
+    0,     16,    32,    48,    64,    80,    96,    112,   128,   144,   160,   176,
+    192,   208,   224,   240,   256,   288,   320,   352,   384,   416,   448,   480,
+    512,   576,   640,   704,   768,   832,   896,   1024,  1152,  1280,  1408,  1536,
+    1664,  1792,  2048,  2304,  2560,  2816,  3072,  3328,  3584,  4096,  4608,  5120,
+    5632,  6144,  6656,  7168,  8192,  9216,  10240, 11264, 12288, 13312, 14336, 16384,
+    18432, 20480, 22528, 24576, 26624, 28672, 32768,
+};
+
+static void table_is_pinned(void **state)
+{
+    (void)state;
+    assert_int_equal(SA_NUM_CLASSES, sizeof(pinned) / sizeof(pinned[0]));
+    for (unsigned c = 0; c < SA_NUM_CLASSES; c++)
+        assert_int_equal(sa_class_size[c], pinned[c]);
+    assert_int_equal(sa_class_size[SA_NUM_CLASSES - 1], SA_MAX_SMALL);
+}
+
+static void every_class_is_16_byte_aligned(void **state)
+{
+    (void)state;
+    for (unsigned c = 1; c < SA_NUM_CLASSES; c++)
+        assert_int_equal(sa_class_size[c] % 16, 0);
+}
+
+/* Rounding a request up to its class wastes at most 12.5% of the class above
+ * 128 B; below, classes are one 16-byte granule apart. */
+static void round_up_waste_is_bounded(void **state)
+{
+    (void)state;
+    for (unsigned c = 2; c < SA_NUM_CLASSES; c++) {
+        uint32_t gap = sa_class_size[c] - sa_class_size[c - 1];
+        if (sa_class_size[c] <= 128)
+            assert_int_equal(gap, 16);
+        else
+            assert_true((uint64_t)gap * 8 <= sa_class_size[c]);
+    }
+}
+
+/* A span's unusable tail is at most 12.5%, with the fewest pages that allow it. */
+static void span_tail_waste_is_bounded_and_pages_minimal(void **state)
+{
+    (void)state;
+    for (unsigned c = 1; c < SA_NUM_CLASSES; c++) {
+        size_t span = (size_t)sa_class_npages[c] * SA_PAGE_SIZE;
+        assert_true((span % sa_class_size[c]) * 8 <= span);
+        for (size_t n = 1; n < sa_class_npages[c]; n++) {
+            size_t smaller = n * SA_PAGE_SIZE;
+            assert_true((smaller % sa_class_size[c]) * 8 > smaller);
+        }
+    }
+}
+
+static void lookup_gives_smallest_fitting_class(void **state)
+{
+    (void)state;
+    for (size_t size = 0; size <= SA_MAX_SMALL; size++) {
+        unsigned c = sa_size_class(size);
+        assert_true(c >= 1 && c < SA_NUM_CLASSES);
+        assert_true(sa_class_size[c] >= size);
+        if (c > 1)
+            assert_true(sa_class_size[c - 1] < size);
+    }
+}
+
+/* free() turns an offset into an object index with a multiply: exact for
+ * every byte offset inside a span of the class. */
+static void division_magic_is_exact(void **state)
+{
+    (void)state;
+    uint64_t wrong = 0;
+    for (unsigned c = 1; c < SA_NUM_CLASSES; c++) {
+        uint64_t span = (uint64_t)sa_class_npages[c] * SA_PAGE_SIZE;
+        for (uint64_t off = 0; off < span; off++)
+            wrong += ((off * sa_class_magic[c]) >> 32) != off / sa_class_size[c];
+    }
+    assert_int_equal(wrong, 0);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(table_is_pinned),
+        cmocka_unit_test(every_class_is_16_byte_aligned),
+        cmocka_unit_test(round_up_waste_is_bounded),
+        cmocka_unit_test(span_tail_waste_is_bounded_and_pages_minimal),
+        cmocka_unit_test(lookup_gives_smallest_fitting_class),
+        cmocka_unit_test(division_magic_is_exact),
+    };
+    return cmocka_run_group_tests_name("sizeclasses", tests, NULL, NULL);
+}
