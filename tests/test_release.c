@@ -1,0 +1,315 @@
+/*
+ * Giving memory back, end to end, in a process that runs on spanalloc (this
+ * binary links libspanalloc.so): free_os_memory() after a burst, the
+ * background scavenger with a short idle threshold, its trace, and the
+ * jemalloc entry points Redis uses.  Scenarios that need their own
+ * environment run in a child started with it (fork + exec of this binary).
+ */
+
+#include <errno.h>
+#include <fcntl.h>
+#include <malloc.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "test_helpers.h"
+
+int mallctl(const char *name, void *oldp, size_t *oldlenp, void *newp, size_t newlen);
+size_t nallocx(size_t size, int flags);
+
+#define MiB (1024.0 * 1024.0)
+#define SMALL_OBJECTS 1000000
+#define LARGE_OBJECTS 1500
+#define LARGE_SIZE (128 * 1024)
+
+static char self_path[4096];
+
+static uint64_t rss_bytes(void)
+{
+    char buf[128] = {0};
+    int fd = open("/proc/self/statm", O_RDONLY);
+    ssize_t n = read(fd, buf, sizeof(buf) - 1);
+    close(fd);
+    unsigned long pages_total = 0, pages_resident = 0;
+    if (n <= 0 || sscanf(buf, "%lu %lu", &pages_total, &pages_resident) != 2)
+        return 0;
+    return (uint64_t)pages_resident * (uint64_t)sysconf(_SC_PAGESIZE);
+}
+
+static uint64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/* About 320 MiB: a million objects of 16..256 B and 1500 blocks of 128 KiB,
+ * every byte written, then all freed. */
+static void burst(void)
+{
+    void **small = malloc(SMALL_OBJECTS * sizeof(void *));
+    void **large = malloc(LARGE_OBJECTS * sizeof(void *));
+    unsigned seed = 12345;
+    for (int i = 0; i < SMALL_OBJECTS; i++) {
+        size_t n = 16 + (rand_r(&seed) % 241);
+        small[i] = malloc(n);
+        memset(small[i], (int)i, n);
+    }
+    for (int i = 0; i < LARGE_OBJECTS; i++) {
+        large[i] = malloc(LARGE_SIZE);
+        memset(large[i], (int)i, LARGE_SIZE);
+    }
+    for (int i = 0; i < SMALL_OBJECTS; i++)
+        free(small[i]);
+    for (int i = 0; i < LARGE_OBJECTS; i++)
+        free(large[i]);
+    free(small);
+    free(large);
+}
+
+static void after_release_memory_is_sound(void)
+{
+    for (int round = 0; round < 1000; round++) {
+        size_t n = 1 + (size_t)round * 97;
+        unsigned char *z = calloc(1, n);
+        assert_non_null(z);
+        for (size_t i = 0; i < n; i++)
+            assert_int_equal(z[i], 0);
+        unsigned char *p = malloc(n);
+        memset(p, 0x5a, n);
+        assert_int_equal(p[n - 1], 0x5a);
+        free(p);
+        free(z);
+    }
+}
+
+static void free_os_memory_returns_a_burst(void **state)
+{
+    (void)state;
+    uint64_t rss0 = rss_bytes();
+    struct mem_stats before = stats_now();
+    assert_stats_invariants(&before);
+    burst();
+    uint64_t rss_peak = rss_bytes();
+    struct mem_stats mid = stats_now();
+    assert_stats_invariants(&mid);
+    free_os_memory();
+    uint64_t rss1 = rss_bytes();
+    struct mem_stats after = stats_now();
+    assert_stats_invariants(&after);
+    print_message("rss: start %.1f MiB, after burst %.1f MiB, after free_os_memory %.1f MiB; "
+                  "released %.1f MiB\n", rss0 / MiB, rss_peak / MiB, rss1 / MiB,
+                  (after.released_total - before.released_total) / MiB);
+    assert_true(rss_peak > rss0 + 250 * 1024 * 1024); /* the burst really was resident */
+    assert_true(rss1 < rss0 + 24 * 1024 * 1024);
+    assert_true(after.released_total - before.released_total >= 290ull * 1024 * 1024);
+    assert_true(after.heap_released >= 290ull * 1024 * 1024);
+    assert_int_equal(after.num_forced_scavenges, before.num_forced_scavenges + 1);
+    after_release_memory_is_sound();
+}
+
+/* Child scenario: burst, then wait (polling, bounded) for the scavenger. */
+static int child_wait_for_scavenger(int seconds)
+{
+    uint64_t rss0 = rss_bytes();
+    burst();
+    uint64_t start = now_ms();
+    while (now_ms() - start < (uint64_t)seconds * 1000) {
+        if (rss_bytes() < rss0 + 24 * 1024 * 1024) {
+            printf("released after %.1f s\n", (now_ms() - start) / 1000.0);
+            return 0;
+        }
+        usleep(100 * 1000); /* polling the observable, not a synchronisation */
+    }
+    struct mem_stats st = stats_now();
+    printf("not released: rss %.1f MiB, heap_released %.1f MiB\n", rss_bytes() / MiB,
+           st.heap_released / MiB);
+    return 1;
+}
+
+/* Child scenario: burst; wait up to 3 s; nothing may be released. */
+static int child_default_keeps_memory(void)
+{
+    struct mem_stats before = stats_now();
+    burst();
+    uint64_t start = now_ms();
+    while (now_ms() - start < 3000)
+        usleep(100 * 1000);
+    struct mem_stats after = stats_now();
+    return after.released_total == before.released_total ? 0 : 1;
+}
+
+/* Child scenario: trace on; once the scavenger released, print the stats. */
+static int child_trace(void)
+{
+    burst();
+    uint64_t start = now_ms();
+    struct mem_stats st = stats_now();
+    while (st.released_total == 0 && now_ms() - start < 10000) {
+        usleep(50 * 1000);
+        st = stats_now();
+    }
+    usleep(300 * 1000); /* let the cycle that released finish its line */
+    st = stats_now();
+    printf("STATS sys=%llu heap_sys=%llu released=%llu inuse=%llu\n",
+           (unsigned long long)st.sys, (unsigned long long)st.heap_sys,
+           (unsigned long long)st.heap_released, (unsigned long long)st.heap_inuse);
+    return st.released_total > 0 ? 0 : 1;
+}
+
+/* Run this binary as `scenario` with extra environment; capture its output. */
+static int run_child(const char *scenario, const char *const env[], char *out, size_t outlen)
+{
+    int pipefd[2];
+    assert_int_equal(pipe(pipefd), 0);
+    pid_t pid = fork();
+    if (pid == 0) {
+        dup2(pipefd[1], 1);
+        dup2(pipefd[1], 2);
+        close(pipefd[0]);
+        for (const char *const *e = env; *e; e++)
+            putenv((char *)*e);
+        execl(self_path, self_path, scenario, (char *)NULL);
+        _exit(127);
+    }
+    close(pipefd[1]);
+    size_t used = 0;
+    ssize_t n;
+    while ((n = read(pipefd[0], out + used, outlen - 1 - used)) > 0)
+        used += (size_t)n;
+    out[used] = '\0';
+    close(pipefd[0]);
+    int status;
+    waitpid(pid, &status, 0);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+static void scavenger_releases_within_ten_seconds(void **state)
+{
+    (void)state;
+    static char out[4096];
+    const char *env[] = {"SPANALLOC_SCAVENGE_IDLE=1s", NULL};
+    int rc = run_child("wait-scavenger", env, out, sizeof(out));
+    print_message("%s", out);
+    assert_int_equal(rc, 0);
+}
+
+static void default_threshold_keeps_idle_memory(void **state)
+{
+    (void)state;
+    static char out[4096];
+    const char *env[] = {"SPANALLOC_SCAVENGE_IDLE=5m", NULL};
+    assert_int_equal(run_child("default-keeps", env, out, sizeof(out)), 0);
+}
+
+/* The scvg lines appear and agree with read_mem_stats. */
+static void trace_lines_agree_with_stats(void **state)
+{
+    (void)state;
+    static char out[65536];
+    const char *env[] = {"SPANALLOC_SCAVENGE_IDLE=1s", "SPANALLOC_TRACE=1", NULL};
+    assert_int_equal(run_child("trace", env, out, sizeof(out)), 0);
+    print_message("%s", out);
+    unsigned long long cycle, mb, inuse, idle, sys, released, consumed;
+    char *line = strstr(out, "MB released");
+    assert_non_null(line);
+    while (line > out && line[-1] != '\n')
+        line--;
+    assert_int_equal(sscanf(line, "scvg%llu: %llu MB released", &cycle, &mb), 2);
+    char *summary = strstr(line, "inuse:");
+    assert_non_null(summary);
+    assert_int_equal(sscanf(summary, "inuse: %llu, idle: %llu, sys: %llu, released: %llu, "
+                                     "consumed: %llu (MB)",
+                            &inuse, &idle, &sys, &released, &consumed), 5);
+    assert_true(mb >= 250);
+    /* Each figure is rounded down to whole MB on its own: sums may be off by one. */
+    assert_true(sys >= inuse + idle && sys <= inuse + idle + 1);
+    assert_true(consumed + released >= sys - 1 && consumed + released <= sys);
+    unsigned long long st_sys, st_heap_sys, st_released, st_inuse;
+    char *stats = strstr(out, "STATS ");
+    assert_non_null(stats);
+    assert_int_equal(sscanf(stats, "STATS sys=%llu heap_sys=%llu released=%llu inuse=%llu",
+                            &st_sys, &st_heap_sys, &st_released, &st_inuse), 4);
+    assert_int_equal(sys, st_heap_sys >> 20);
+    assert_true(released <= (st_released >> 20) + 1 && released + 1 >= (st_released >> 20));
+}
+
+static void mallctl_reports_spanalloc_figures(void **state)
+{
+    (void)state;
+    uint64_t epoch = 1;
+    size_t len = sizeof(epoch);
+    assert_int_equal(mallctl("epoch", &epoch, &len, &epoch, len), 0);
+    void *p = malloc(1 << 20);
+    memset(p, 1, 1 << 20);
+    struct mem_stats st = stats_now();
+    size_t allocated, active, resident, mapped, retained;
+    len = sizeof(size_t);
+    assert_int_equal(mallctl("stats.allocated", &allocated, &len, NULL, 0), 0);
+    assert_int_equal(mallctl("stats.active", &active, &len, NULL, 0), 0);
+    assert_int_equal(mallctl("stats.resident", &resident, &len, NULL, 0), 0);
+    assert_int_equal(mallctl("stats.mapped", &mapped, &len, NULL, 0), 0);
+    assert_int_equal(mallctl("stats.retained", &retained, &len, NULL, 0), 0);
+    assert_int_equal(allocated, st.heap_alloc);
+    assert_int_equal(active, st.heap_inuse);
+    assert_int_equal(resident, st.sys - st.heap_released);
+    assert_int_equal(mapped, st.sys);
+    assert_int_equal(retained, st.heap_released);
+    free(p);
+
+    unsigned narenas = 0;
+    len = sizeof(narenas);
+    assert_int_equal(mallctl("arenas.narenas", &narenas, &len, NULL, 0), 0);
+    assert_int_equal(narenas, 1);
+    struct mem_stats before = stats_now();
+    assert_int_equal(mallctl("arena.1.purge", NULL, NULL, NULL, 0), 0);
+    assert_int_equal(mallctl("arena.4096.purge", NULL, NULL, NULL, 0), 0);
+    assert_int_equal(stats_now().num_forced_scavenges, before.num_forced_scavenges + 2);
+    assert_int_equal(mallctl("opt.narenas", &narenas, &len, NULL, 0), ENOENT);
+    assert_int_equal(mallctl("no.such.name", NULL, NULL, NULL, 0), ENOENT);
+    size_t small = 4;
+    assert_int_equal(mallctl("stats.allocated", &allocated, &small, NULL, 0), EINVAL);
+}
+
+static void nallocx_agrees_with_malloc_usable_size(void **state)
+{
+    (void)state;
+    for (size_t n = 0; n < 200000; n += (n < 40000 ? 1 : 997)) {
+        void *p = malloc(n);
+        assert_int_equal(nallocx(n, 0), malloc_usable_size(p));
+        free(p);
+    }
+    for (int lg = 4; lg <= 16; lg++) {
+        for (size_t n = 1; n < 70000; n = n * 3 + 1) {
+            void *p = aligned_alloc((size_t)1 << lg, n);
+            assert_int_equal(nallocx(n, lg), malloc_usable_size(p));
+            free(p);
+        }
+    }
+}
+
+int main(int argc, char **argv)
+{
+    ssize_t n = readlink("/proc/self/exe", self_path, sizeof(self_path) - 1);
+    self_path[n > 0 ? n : 0] = '\0';
+    if (argc == 2 && strcmp(argv[1], "wait-scavenger") == 0)
+        return child_wait_for_scavenger(10);
+    if (argc == 2 && strcmp(argv[1], "default-keeps") == 0)
+        return child_default_keeps_memory();
+    if (argc == 2 && strcmp(argv[1], "trace") == 0)
+        return child_trace();
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(free_os_memory_returns_a_burst),
+        cmocka_unit_test(scavenger_releases_within_ten_seconds),
+        cmocka_unit_test(default_threshold_keeps_idle_memory),
+        cmocka_unit_test(trace_lines_agree_with_stats),
+        cmocka_unit_test(mallctl_reports_spanalloc_figures),
+        cmocka_unit_test(nallocx_agrees_with_malloc_usable_size),
+    };
+    return cmocka_run_group_tests_name("release", tests, NULL, NULL);
+}
