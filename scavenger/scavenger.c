@@ -82,9 +82,11 @@ uint64_t sa_scavenger_cycle(void)
     uint64_t cutoff = now > idle ? now - idle : 0;
     uint64_t released = now > idle ? sa_mheap_scavenge(cutoff, UINT64_MAX) : 0;
     released += enforce_limit();
-    uint64_t cycle = atomic_fetch_add(&num_scavenges, 1) + 1;
+    uint64_t cycle = atomic_load(&num_scavenges) + 1;
     if (released && sa_options.trace)
         trace_cycle(cycle, released);
+    /* Counted once the cycle is complete, trace line included. */
+    atomic_store(&num_scavenges, cycle);
     return released;
 }
 

@@ -144,18 +144,23 @@ static int child_default_keeps_memory(void)
     return after.released_total == before.released_total ? 0 : 1;
 }
 
-/* Child scenario: trace on; once the scavenger released, print the stats. */
+/* Child scenario: trace on; once the scavenger released the burst and the
+ * cycle that did it has completed (a cycle is counted after its trace line),
+ * print the stats. */
 static int child_trace(void)
 {
     burst();
     uint64_t start = now_ms();
     struct mem_stats st = stats_now();
-    while (st.released_total == 0 && now_ms() - start < 10000) {
+    while (st.released_total < 290ull * 1024 * 1024 && now_ms() - start < 10000) {
         usleep(50 * 1000);
         st = stats_now();
     }
-    usleep(300 * 1000); /* let the cycle that released finish its line */
-    st = stats_now();
+    uint64_t cycles = st.num_scavenges;
+    while (st.num_scavenges <= cycles && now_ms() - start < 15000) {
+        usleep(50 * 1000);
+        st = stats_now();
+    }
     printf("STATS sys=%llu heap_sys=%llu released=%llu inuse=%llu\n",
            (unsigned long long)st.sys, (unsigned long long)st.heap_sys,
            (unsigned long long)st.heap_released, (unsigned long long)st.heap_inuse);
