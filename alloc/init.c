@@ -26,6 +26,7 @@ struct sa_options sa_options = {
     .scavenge_idle_ns = 5 * 60 * NS_PER_S,
     .scavenger_enabled = true,
     .stats_at_exit = -1,
+    .stats_interval_ns = 10 * NS_PER_S,
 };
 
 /* "250ms", "2s", "5m", "1h"; a bare number means seconds. */
@@ -110,6 +111,18 @@ static void read_options(void)
     }
     if ((v = getenv("SPANALLOC_TRACE")) != NULL)
         sa_options.trace = strcmp(v, "0") != 0 && *v != '\0';
+    if ((v = getenv("SPANALLOC_STATS_FILE")) != NULL && *v != '\0') {
+        if (strlen(v) < sizeof(sa_options.stats_file))
+            memcpy(sa_options.stats_file, v, strlen(v) + 1);
+        else
+            warn_option("SPANALLOC_STATS_FILE", "(path too long)");
+    }
+    if ((v = getenv("SPANALLOC_STATS_INTERVAL")) != NULL &&
+        (!sa_parse_duration(v, &sa_options.stats_interval_ns) ||
+         sa_options.stats_interval_ns == 0)) {
+        sa_options.stats_interval_ns = 10 * NS_PER_S;
+        warn_option("SPANALLOC_STATS_INTERVAL", v);
+    }
     if ((v = getenv("SPANALLOC_STATS")) != NULL) {
         if (strcmp(v, "text") == 0 || strcmp(v, "1") == 0)
             sa_options.stats_at_exit = SPANALLOC_STATS_TEXT;
@@ -140,6 +153,7 @@ static void fork_parent(void)
 
 static void fork_child(void)
 {
+    sa_snapshot_fork_child();
     sa_scavenger_fork_child();
     sa_mheap_fork_child();
     sa_mcentral_fork_child();

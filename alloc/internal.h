@@ -284,6 +284,8 @@ struct sa_options {
     bool scavenger_enabled;     /* SPANALLOC_SCAVENGER != off */
     bool trace;                 /* SPANALLOC_TRACE=1 */
     int stats_at_exit;          /* SPANALLOC_STATS: -1 none, 0 text, 1 json */
+    char stats_file[4096];      /* SPANALLOC_STATS_FILE, "" = none (%p: pid) */
+    uint64_t stats_interval_ns; /* SPANALLOC_STATS_INTERVAL, default 10 s */
 };
 extern struct sa_options sa_options;
 extern _Atomic int sa_init_state; /* 0 none, 1 running, 2 done */
@@ -309,6 +311,10 @@ void sa_scavenger_poke(void);      /* no lock held: restart after fork */
 void sa_scavenger_fork_prepare(void);
 void sa_scavenger_fork_parent(void);
 void sa_scavenger_fork_child(void);
+
+/* ---- Hooks into the snapshot writer (stats/snapshot.c) */
+void sa_snapshot_on_grow(void);    /* no lock held: start the writer thread */
+void sa_snapshot_fork_child(void); /* the writer did not survive fork */
 
 /* ---- Internal entry points shared by the C API and the libc names */
 void *sa_malloc(size_t size);

@@ -35,6 +35,7 @@ static _Atomic int scav_state;
 static _Atomic uint64_t memory_limit;
 static _Atomic uint64_t num_scavenges, num_forced;
 static _Atomic bool limit_loaded;
+static _Atomic bool restart_pending; /* in a forked child: restart threads */
 
 static uint64_t period_ns(void)
 {
@@ -136,6 +137,8 @@ static void load_limit_once(void)
 
 void sa_scavenger_on_grow(void)
 {
+    atomic_store_explicit(&restart_pending, false, memory_order_relaxed);
+    sa_snapshot_on_grow();
     load_limit_once();
     int expected = SCAV_OFF;
     if (sa_options.scavenger_enabled &&
@@ -146,10 +149,11 @@ void sa_scavenger_on_grow(void)
     enforce_limit();
 }
 
+/* Called on slow paths with no lock held: after a fork, the child's first
+ * trip through the heap restarts the background threads. */
 void sa_scavenger_poke(void)
 {
-    if (SA_UNLIKELY(atomic_load_explicit(&scav_state, memory_order_relaxed) ==
-                    SCAV_START_IN_CHILD))
+    if (SA_UNLIKELY(atomic_load_explicit(&restart_pending, memory_order_relaxed)))
         sa_scavenger_on_grow();
 }
 
@@ -170,6 +174,7 @@ void sa_scavenger_fork_child(void)
     pthread_mutex_init(&scav_lock, NULL);
     if (atomic_load(&scav_state) == SCAV_RUNNING)
         atomic_store(&scav_state, SCAV_START_IN_CHILD);
+    atomic_store(&restart_pending, true);
 }
 
 bool sa_scavenger_running(void)
