@@ -11,7 +11,6 @@
 
 void *sa_malloc_large(size_t size, size_t align);
 void sa_free_not_small(void *ptr, struct sa_span *s);
-SA_COLD __attribute__((noreturn)) void sa_bad_small_free(void *ptr, struct sa_span *s);
 
 static inline void *sa_malloc_inline(size_t size)
 {
@@ -30,10 +29,9 @@ static inline void sa_free_inline(void *ptr)
     if (SA_LIKELY(s != NULL && s->state == SA_SPAN_SMALL)) {
         uintptr_t offset = (uintptr_t)ptr - s->base;
         uint64_t index = ((uint64_t)offset * s->div_magic) >> 32;
-        if (SA_UNLIKELY(index * s->elem_size != offset || index >= s->nelems ||
-                        sa_block_is_free(ptr)))
+        if (SA_UNLIKELY(index * s->elem_size != offset || index >= s->nelems))
             sa_bad_small_free(ptr, s);
-        sa_mcache_free(ptr, s->cls);
+        sa_mcache_free(ptr, s->cls, s);
         return;
     }
     sa_free_not_small(ptr, s);

@@ -16,11 +16,13 @@
 #include <unistd.h>
 
 #include "internal.h"
+#include "valgrind_hooks.h"
 
 #define NS_PER_MS 1000000ull
 #define NS_PER_S 1000000000ull
 
 _Atomic int sa_init_state;
+bool sa_on_valgrind;
 uintptr_t sa_link_key, sa_mark_key;
 struct sa_options sa_options = {
     .scavenge_idle_ns = 5 * 60 * NS_PER_S,
@@ -183,6 +185,7 @@ void sa_init_slow(void)
         return;
     }
     read_options();
+    sa_on_valgrind = SA_ON_VALGRIND();
     uintptr_t keys[2];
     sa_os_random(keys, sizeof(keys));
     sa_link_key = keys[0];

@@ -288,6 +288,7 @@ struct sa_options {
     uint64_t stats_interval_ns; /* SPANALLOC_STATS_INTERVAL, default 10 s */
 };
 extern struct sa_options sa_options;
+extern bool sa_on_valgrind; /* set at init: caches off, client requests on */
 extern _Atomic int sa_init_state; /* 0 none, 1 running, 2 done */
 void sa_init_slow(void);
 static inline void sa_ensure_init(void)
@@ -304,6 +305,8 @@ SA_COLD __attribute__((noreturn)) void sa_report(const char *what, const void *p
 /* Validate a pointer handed to free/realloc/usable_size; returns its span
  * or reports and aborts. */
 struct sa_span *sa_checked_span(const void *ptr, const char *op);
+/* free() of a small block that failed a check: says which, then aborts. */
+SA_COLD __attribute__((noreturn)) void sa_bad_small_free(void *ptr, struct sa_span *s);
 
 /* ---- Hooks into the scavenger (scavenger/scavenger.c) */
 void sa_scavenger_on_grow(void);   /* heap grew: start thread, check limit */

@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "entry.h"
+#include "valgrind_hooks.h"
 
 #define SA_MAX_REQUEST ((size_t)PTRDIFF_MAX)
 
@@ -37,12 +38,14 @@ void *sa_malloc_large(size_t size, size_t align)
         errno = ENOMEM;
         return NULL;
     }
+    SA_VG_MALLOCLIKE((void *)s->base, (size_t)s->npages << SA_PAGE_SHIFT, !s->needzero);
     return (void *)s->base;
 }
 
 void sa_free_not_small(void *ptr, struct sa_span *s)
 {
     if (s != NULL && s->state == SA_SPAN_LARGE && (uintptr_t)ptr == s->base) {
+        SA_VG_FREELIKE(ptr);
         sa_mheap_free_large(s);
         return;
     }

@@ -18,6 +18,7 @@
 #include <string.h>
 
 #include "internal.h"
+#include "valgrind_hooks.h"
 
 #define SA_CACHE_CLASS_BYTES ((uint32_t)32 << 10)
 #define SA_CACHE_CHUNK ((size_t)64 << 10)
@@ -193,6 +194,8 @@ static struct sa_mcache *current_cache(void)
     if (tls_state != TLS_NONE)
         return NULL;
     sa_ensure_init();
+    if (sa_on_valgrind)
+        return NULL; /* every block goes through the direct paths below */
     tls_state = TLS_CREATING;
     struct sa_mcache *c = cache_create();
     tls_state = c != NULL ? TLS_ACTIVE : TLS_NONE;
@@ -209,6 +212,7 @@ static void *direct_alloc(unsigned cls)
     if (sa_mcentral_fill(cls, 1, &block) == 0)
         return NULL;
     ((uintptr_t *)block)[1] = 0;
+    SA_VG_MALLOCLIKE(block, sa_class_size[cls], 0);
     atomic_fetch_add_explicit(&direct_mallocs[cls], 1, memory_order_relaxed);
     return block;
 }
@@ -237,9 +241,12 @@ void *sa_mcache_alloc_slow(unsigned cls)
 
 void sa_mcache_free_slow(void *block, unsigned cls)
 {
+    if (sa_block_is_free_checked(block))
+        sa_bad_small_free(block, sa_pagemap_lookup((uintptr_t)block));
     struct sa_mcache *c = current_cache();
     if (c == NULL) {
         sa_block_make_free(block, NULL);
+        SA_VG_FREELIKE(block);
         sa_mcentral_release(cls, block);
         atomic_fetch_add_explicit(&direct_frees[cls], 1, memory_order_relaxed);
         return;

@@ -28,14 +28,19 @@ static inline void *sa_mcache_alloc(unsigned cls)
     return block;
 }
 
-/* Push a checked small block onto this thread's list for its class. */
-static inline void sa_mcache_free(void *block, unsigned cls)
+/* Push a small block (checked to be an object start of span s) onto this
+ * thread's list for its class.  The double-free check reads the block's
+ * mark word; it comes after the capacity check so that under valgrind, where
+ * every list has capacity 0, only the slow path reads user memory. */
+static inline void sa_mcache_free(void *block, unsigned cls, struct sa_span *s)
 {
     struct sa_cache_list *l = &sa_tls_cache->lists[cls];
     if (SA_UNLIKELY(l->count >= l->max)) {
         sa_mcache_free_slow(block, cls);
         return;
     }
+    if (SA_UNLIKELY(sa_block_is_free(block)))
+        sa_bad_small_free(block, s);
     sa_block_make_free(block, l->head);
     l->head = block;
     l->count++;

@@ -11,6 +11,7 @@
  * when an object comes back.
  */
 #include "internal.h"
+#include "valgrind_hooks.h"
 
 struct mcentral {
     pthread_mutex_t lock;
@@ -39,6 +40,7 @@ static void *span_take(struct sa_span *s)
 {
     void *obj = s->freelist;
     if (obj != NULL) {
+        SA_VG_OPEN_LINKS(obj);
         if (!sa_block_is_free(obj))
             sa_report("corrupted free block (written after free)", obj, s);
         void *next = sa_decode_link(((uintptr_t *)obj)[0], obj);
@@ -71,6 +73,7 @@ uint32_t sa_mcentral_fill(unsigned cls, uint32_t want, void **head)
         }
         while (got < want && span_has_free(s)) {
             void *obj = span_take(s);
+            SA_VG_OPEN_LINKS(obj); /* a freshly carved object, or opened by span_take */
             sa_block_make_free(obj, list);
             list = obj;
             got++;
@@ -93,6 +96,7 @@ static struct sa_span *span_put(struct mcentral *c, void *obj)
     struct sa_span *s = sa_pagemap_lookup((uintptr_t)obj);
     bool was_full = !span_has_free(s);
     sa_block_make_free(obj, s->freelist);
+    SA_VG_CLOSE_LINKS(obj);
     s->freelist = obj;
     s->nalloc--;
     if (s->nalloc == 0) {
@@ -114,6 +118,7 @@ void sa_mcentral_release(unsigned cls, void *head)
     pthread_mutex_lock(&c->lock);
     while (head != NULL) {
         void *obj = head;
+        SA_VG_OPEN_LINKS(obj);
         head = sa_decode_link(((uintptr_t *)obj)[0], obj);
         struct sa_span *s = span_put(c, obj);
         if (s != NULL) {

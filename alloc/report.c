@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "internal.h"
+#include "valgrind_hooks.h"
 
 struct msg {
     char buf[256];
@@ -94,7 +95,7 @@ struct sa_span *sa_checked_span(const void *ptr, const char *op)
     uintptr_t offset = (uintptr_t)ptr - s->base;
     if (offset % s->elem_size != 0 || offset / s->elem_size >= s->nelems)
         report_op(op, "interior or misaligned pointer", ptr, s);
-    if (sa_block_is_free(ptr))
+    if (sa_block_is_free_checked(ptr))
         report_op(op, "block already freed (double free)", ptr, s);
     return s;
 }

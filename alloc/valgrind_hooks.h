@@ -1,0 +1,60 @@
+/*
+ * valgrind_hooks.h: tell valgrind's memcheck which memory is a heap block,
+ * so programs on spanalloc keep memcheck's leak and use-after-free reports.
+ *
+ * Under valgrind (detected once, at init) the thread caches are switched
+ * off: every malloc and free takes the slow path, where these requests are
+ * made, and the fast path stays free of them.  Free blocks are kept
+ * no-access; the allocator opens their two link words only while it reads
+ * or writes them.  Without valgrind's headers every hook compiles to nothing.
+ */
+#ifndef SPANALLOC_VALGRIND_HOOKS_H
+#define SPANALLOC_VALGRIND_HOOKS_H
+
+#include "internal.h"
+
+#if defined(SA_HAVE_VALGRIND)
+#include <valgrind/memcheck.h>
+#include <valgrind/valgrind.h>
+#define SA_ON_VALGRIND() (RUNNING_ON_VALGRIND != 0)
+#define SA_VG_MALLOCLIKE(p, size, zeroed) VALGRIND_MALLOCLIKE_BLOCK((p), (size), 0, (zeroed))
+#define SA_VG_FREELIKE(p) VALGRIND_FREELIKE_BLOCK((p), 0)
+#define SA_VG_OPEN_LINKS(p) VALGRIND_MAKE_MEM_DEFINED((p), 2 * sizeof(uintptr_t))
+#define SA_VG_CLOSE_LINKS(p) VALGRIND_MAKE_MEM_NOACCESS((p), 2 * sizeof(uintptr_t))
+#else
+#define SA_ON_VALGRIND() 0
+#define SA_VG_MALLOCLIKE(p, size, zeroed) ((void)(p), (void)(size), (void)(zeroed))
+#define SA_VG_FREELIKE(p) ((void)(p))
+#define SA_VG_OPEN_LINKS(p) ((void)(p))
+#define SA_VG_CLOSE_LINKS(p) ((void)(p))
+#endif
+
+/* Span records hold each span's base address, which is also the address of
+ * its first object: memcheck's leak scan would take that for a pointer to
+ * the object and call a leaked first object "still reachable".  Metadata
+ * chunks are hidden from the scan (no-access, with address errors in them
+ * not reported); see span.c. */
+void sa_vg_hide_metadata(void *chunk, size_t len);
+
+/* The free-mark check off the fast path: under valgrind the mark word of a
+ * live block is user data that may be undefined, or a freed block's word
+ * is no-access, so it is read with its definedness saved and restored. */
+static inline bool sa_block_is_free_checked(const void *block)
+{
+#if defined(SA_HAVE_VALGRIND)
+    if (sa_on_valgrind) {
+        unsigned char vbits[2 * sizeof(uintptr_t)];
+        int saved = VALGRIND_GET_VBITS(block, vbits, sizeof(vbits));
+        VALGRIND_MAKE_MEM_DEFINED(block, sizeof(vbits));
+        bool is_free = sa_block_is_free(block);
+        if (saved == 1)
+            VALGRIND_SET_VBITS(block, vbits, sizeof(vbits));
+        else
+            VALGRIND_MAKE_MEM_NOACCESS(block, sizeof(vbits));
+        return is_free;
+    }
+#endif
+    return sa_block_is_free(block);
+}
+
+#endif
