@@ -79,6 +79,8 @@ size_t sa_usable_size(const void *ptr)
  * objects start at page-aligned span bases, so every object is aligned. */
 static unsigned aligned_class(size_t size, size_t align)
 {
+    if (size > SA_MAX_SMALL) /* also keeps the rounding below from wrapping */
+        return 0;
     size_t rounded = (size + align - 1) & ~(align - 1);
     if (rounded > SA_MAX_SMALL)
         return 0;
