@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <malloc.h>
+#include <pthread.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -167,6 +168,65 @@ static int child_trace(void)
     return st.released_total > 0 ? 0 : 1;
 }
 
+/* Child scenario: two threads allocate, check and free while the scavenger
+ * runs every millisecond with a 1 ms threshold, releasing what they just freed. */
+#define RACE_SLOTS 512
+#define RACE_ROUNDS 400000
+
+static void *race_worker(void *arg)
+{
+    unsigned seed = (unsigned)(uintptr_t)arg;
+    static __thread unsigned char *slot[RACE_SLOTS];
+    static __thread size_t len[RACE_SLOTS];
+    long bad = 0;
+    for (int r = 0; r < RACE_ROUNDS; r++) {
+        int i = (int)(rand_r(&seed) % RACE_SLOTS);
+        if (slot[i] != NULL) {
+            unsigned char want = (unsigned char)(i ^ len[i]);
+            for (size_t k = 0; k < len[i]; k += 61)
+                bad += slot[i][k] != want;
+            free(slot[i]);
+            slot[i] = NULL;
+            continue;
+        }
+        unsigned kind = rand_r(&seed) % 16;
+        len[i] = kind == 0 ? 40000 + rand_r(&seed) % 300000 : 1 + rand_r(&seed) % 2000;
+        slot[i] = malloc(len[i]);
+        memset(slot[i], (unsigned char)(i ^ len[i]), len[i]);
+    }
+    for (int i = 0; i < RACE_SLOTS; i++)
+        free(slot[i]);
+    return (void *)bad;
+}
+
+static int child_scavenger_race(void)
+{
+    struct mem_stats before = stats_now();
+    pthread_t t[2];
+    for (uintptr_t i = 0; i < 2; i++)
+        pthread_create(&t[i], NULL, race_worker, (void *)(i + 1));
+    long bad = 0;
+    for (int i = 0; i < 2; i++) {
+        void *r;
+        pthread_join(t[i], &r);
+        bad += (long)r;
+    }
+    struct mem_stats st = stats_now();
+    printf("corrupt bytes %ld, objects before %llu after %llu, scavenger cycles %llu, "
+           "released %.1f MiB, reacquired %.1f MiB\n",
+           bad, (unsigned long long)before.heap_objects, (unsigned long long)st.heap_objects, (unsigned long long)(st.num_scavenges - before.num_scavenges),
+           (st.released_total - before.released_total) / MiB,
+           (st.reacquired_total - before.reacquired_total) / MiB);
+    bool ok = bad == 0 && st.num_scavenges > before.num_scavenges + 10 &&
+              st.released_total > before.released_total &&
+              st.heap_sys == st.heap_idle + st.heap_inuse && st.heap_released <= st.heap_idle &&
+              st.heap_alloc <= st.heap_inuse && st.heap_objects == st.mallocs - st.frees &&
+              /* glibc's own per-thread blocks (DTVs) may outlive the threads */
+              st.heap_objects <= before.heap_objects + 8 &&
+              st.sys == st.heap_sys + st.mspan_sys + st.mcache_sys + st.other_sys;
+    return ok ? 0 : 1;
+}
+
 /* Run this binary as `scenario` with extra environment; capture its output. */
 static int run_child(const char *scenario, const char *const env[], char *out, size_t outlen)
 {
@@ -244,6 +304,16 @@ static void trace_lines_agree_with_stats(void **state)
     assert_true(released <= (st_released >> 20) + 1 && released + 1 >= (st_released >> 20));
 }
 
+static void scavenger_racing_two_threads_loses_nothing(void **state)
+{
+    (void)state;
+    static char out[4096];
+    const char *env[] = {"SPANALLOC_SCAVENGE_IDLE=1ms", NULL};
+    int rc = run_child("scavenger-race", env, out, sizeof(out));
+    print_message("%s", out);
+    assert_int_equal(rc, 0);
+}
+
 static void mallctl_reports_spanalloc_figures(void **state)
 {
     (void)state;
@@ -308,11 +378,14 @@ int main(int argc, char **argv)
         return child_default_keeps_memory();
     if (argc == 2 && strcmp(argv[1], "trace") == 0)
         return child_trace();
+    if (argc == 2 && strcmp(argv[1], "scavenger-race") == 0)
+        return child_scavenger_race();
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(free_os_memory_returns_a_burst),
         cmocka_unit_test(scavenger_releases_within_ten_seconds),
         cmocka_unit_test(default_threshold_keeps_idle_memory),
         cmocka_unit_test(trace_lines_agree_with_stats),
+        cmocka_unit_test(scavenger_racing_two_threads_loses_nothing),
         cmocka_unit_test(mallctl_reports_spanalloc_figures),
         cmocka_unit_test(nallocx_agrees_with_malloc_usable_size),
     };
