@@ -173,8 +173,12 @@ static inline uintptr_t sa_free_mark(void *at)
 static inline void sa_block_make_free(void *block, void *next)
 {
     uintptr_t *w = (uintptr_t *)block;
-    w[0] = sa_encode_link(next, block);
-    w[1] = sa_free_mark(block);
+    /* Both words computed before either store: the stores may alias the keys
+     * as far as the compiler knows, and reloading them costs instructions. */
+    uintptr_t link = sa_encode_link(next, block);
+    uintptr_t mark = sa_free_mark(block);
+    w[0] = link;
+    w[1] = mark;
 }
 static inline bool sa_block_is_free(const void *block)
 {
