@@ -239,9 +239,12 @@ static bool split_free_tail(struct sa_span *s, size_t npages)
     rest->npages = s->npages - (uint32_t)npages;
     rest->state = SA_SPAN_FREE;
     rest->idle_since_ns = s->idle_since_ns;
-    rest->released_pages = (uint32_t)sa_pagemap_count_released(rest->base, rest->npages);
+    /* Count the piece kept (usually the smaller), not the rest: a 64 MiB
+     * remainder would otherwise be counted on every split. */
+    uint32_t kept_released = (uint32_t)sa_pagemap_count_released(s->base, npages);
+    rest->released_pages = s->released_pages - kept_released;
     s->npages = (uint32_t)npages;
-    s->released_pages -= rest->released_pages;
+    s->released_pages = kept_released;
     map_free_span(rest);
     free_lists_insert(rest);
     return true;
@@ -424,16 +427,6 @@ void sa_mheap_free_large(struct sa_span *s)
 
 /* ---- Scavenging */
 
-/* Index of the first resident (unreleased) page of a dirty span. */
-static size_t first_resident_page(const struct sa_span *s)
-{
-    size_t i = 0;
-    while (i < s->npages &&
-           sa_pagemap_count_released(s->base + (i << SA_PAGE_SHIFT), 1) == 1)
-        i++;
-    return i;
-}
-
 /* Detach up to SA_SCAVENGE_CHUNK pages of the oldest dirty span idle since
  * before cutoff, starting at its first resident page.  Heap lock held. */
 static struct sa_span *detach_scavenge_chunk(uint64_t cutoff_ns)
@@ -442,7 +435,7 @@ static struct sa_span *detach_scavenge_chunk(uint64_t cutoff_ns)
     if (s == NULL || s->idle_since_ns > cutoff_ns)
         return NULL;
     free_lists_remove(s);
-    size_t lead = first_resident_page(s);
+    size_t lead = sa_pagemap_first_unreleased(s->base, s->npages);
     if (lead > 0 && lead < s->npages && trim_lead(s, lead) == false)
         lead = 0; /* no record to split with: release the whole span */
     size_t take = s->npages < SA_SCAVENGE_CHUNK ? s->npages : SA_SCAVENGE_CHUNK;

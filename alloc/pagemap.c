@@ -74,14 +74,24 @@ static size_t leaf_run(uintptr_t base, size_t npages, struct sa_arena_leaf **lea
     return npages < room ? npages : room;
 }
 
+/* Bits [first, first+count) of a bitmap, a word at a time. */
+static uint64_t run_mask(size_t first, size_t count)
+{
+    uint64_t hi = count >= 64 ? ~(uint64_t)0 : (((uint64_t)1 << count) - 1);
+    return hi << first;
+}
+
 size_t sa_pagemap_count_released(uintptr_t base, size_t npages)
 {
     size_t total = 0;
     while (npages > 0) {
         struct sa_arena_leaf *leaf;
         size_t first, count = leaf_run(base, npages, &leaf, &first);
-        for (size_t i = first; i < first + count; i++)
-            total += (leaf->released[i >> 6] >> (i & 63)) & 1;
+        for (size_t i = first, end = first + count; i < end;) {
+            size_t bit = i & 63, n = (64 - bit) < (end - i) ? 64 - bit : end - i;
+            total += (size_t)__builtin_popcountll(leaf->released[i >> 6] & run_mask(bit, n));
+            i += n;
+        }
         base += count << SA_PAGE_SHIFT;
         npages -= count;
     }
@@ -93,14 +103,35 @@ void sa_pagemap_mark_released(uintptr_t base, size_t npages, bool released)
     while (npages > 0) {
         struct sa_arena_leaf *leaf;
         size_t first, count = leaf_run(base, npages, &leaf, &first);
-        for (size_t i = first; i < first + count; i++) {
-            uint64_t bit = (uint64_t)1 << (i & 63);
+        for (size_t i = first, end = first + count; i < end;) {
+            size_t bit = i & 63, n = (64 - bit) < (end - i) ? 64 - bit : end - i;
             if (released)
-                leaf->released[i >> 6] |= bit;
+                leaf->released[i >> 6] |= run_mask(bit, n);
             else
-                leaf->released[i >> 6] &= ~bit;
+                leaf->released[i >> 6] &= ~run_mask(bit, n);
+            i += n;
         }
         base += count << SA_PAGE_SHIFT;
         npages -= count;
     }
+}
+
+size_t sa_pagemap_first_unreleased(uintptr_t base, size_t npages)
+{
+    size_t index = 0;
+    while (npages > 0) {
+        struct sa_arena_leaf *leaf;
+        size_t first, count = leaf_run(base, npages, &leaf, &first);
+        for (size_t i = first, end = first + count; i < end;) {
+            size_t bit = i & 63, n = (64 - bit) < (end - i) ? 64 - bit : end - i;
+            uint64_t resident = ~leaf->released[i >> 6] & run_mask(bit, n);
+            if (resident)
+                return index + (i - first) + ((size_t)__builtin_ctzll(resident) - bit);
+            i += n;
+        }
+        index += count;
+        base += count << SA_PAGE_SHIFT;
+        npages -= count;
+    }
+    return index;
 }

@@ -17,7 +17,7 @@ const uint32_t sa_class_npages[SA_NUM_CLASSES] = {SA_CLASS_TABLE};
 #undef X
 
 /* ceil(2^32 / size); exact for every offset inside a span (tested). */
-#define X(cls, size, npages) [cls] = (size) ? (uint32_t)((((uint64_t)1 << 32) + (size) - 1) / (size)) : 0,
+#define X(cls, size, npages) [cls] = (uint32_t)((((uint64_t)1 << 32) + (size) - 1) / ((size) ? (size) : 1)),
 const uint32_t sa_class_magic[SA_NUM_CLASSES] = {SA_CLASS_TABLE};
 #undef X
 

@@ -10,7 +10,6 @@
 #include <string.h>
 
 #include "internal.h"
-#include "valgrind_hooks.h"
 
 #define SA_RECORD_CHUNK ((size_t)64 << 10)
 
@@ -29,7 +28,6 @@ struct sa_span *sa_span_record_new(void)
             char *chunk = sa_os_map(SA_RECORD_CHUNK, 0);
             if (chunk == NULL)
                 return NULL;
-            sa_vg_hide_metadata(chunk, SA_RECORD_CHUNK);
             chunk_cursor = chunk;
             chunk_end = chunk + SA_RECORD_CHUNK;
             sa_heap_counters_locked.span_records_sys += SA_RECORD_CHUNK;
@@ -40,36 +38,6 @@ struct sa_span *sa_span_record_new(void)
     memset(s, 0, sizeof(*s));
     sa_heap_counters_locked.span_records++;
     return s;
-}
-
-#define SA_MAX_HIDDEN_CHUNKS 4096
-static void *hidden_chunks[SA_MAX_HIDDEN_CHUNKS];
-static size_t hidden_count;
-
-void sa_vg_hide_metadata(void *chunk, size_t len)
-{
-#if defined(SA_HAVE_VALGRIND)
-    if (sa_on_valgrind && hidden_count < SA_MAX_HIDDEN_CHUNKS) {
-        hidden_chunks[hidden_count++] = chunk;
-        VALGRIND_MAKE_MEM_NOACCESS(chunk, len);
-        VALGRIND_DISABLE_ADDR_ERROR_REPORTING_IN_RANGE(chunk, len);
-    }
-#else
-    (void)chunk;
-    (void)len;
-#endif
-}
-
-/* At the very end, turn address errors back on (the chunks stay no-access,
- * so the leak scan still skips them), or valgrind warns that ranges were
- * left disabled.  Library destructors run after the program's exit handlers. */
-__attribute__((destructor(101))) static void sa_vg_unhide_at_exit(void)
-{
-#if defined(SA_HAVE_VALGRIND)
-    for (size_t i = 0; i < hidden_count; i++)
-        VALGRIND_ENABLE_ADDR_ERROR_REPORTING_IN_RANGE(hidden_chunks[i], SA_RECORD_CHUNK);
-    hidden_count = 0;
-#endif
 }
 
 void sa_span_record_free(struct sa_span *s)

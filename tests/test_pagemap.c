@@ -1,4 +1,5 @@
 /* The page map: address -> span, what it refuses, and the released bitmap. */
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 
@@ -74,8 +75,34 @@ static void released_bitmap_counts_across_leaves(void **state)
     assert_int_equal(sa_pagemap_count_released(start + 6 * SA_PAGE_SIZE, 1), 1);
     sa_pagemap_mark_released(start + 8 * SA_PAGE_SIZE, 4, false);
     assert_int_equal(sa_pagemap_count_released(start, 30), 8);
+    assert_int_equal(sa_pagemap_first_unreleased(start + 5 * SA_PAGE_SIZE, 20), 3);
     sa_pagemap_mark_released(start, 30, false);
     assert_int_equal(sa_pagemap_count_released(start, 30), 0);
+
+    /* Word-at-a-time counting against a page-at-a-time model, on random runs
+     * across the leaf boundary. */
+    enum { PAGES = 700 };
+    static bool model[PAGES];
+    uintptr_t base = boundary - 300 * SA_PAGE_SIZE;
+    assert_true(sa_pagemap_ensure(base, PAGES * SA_PAGE_SIZE));
+    unsigned seed = 7;
+    for (int round = 0; round < 2000; round++) {
+        size_t a = rand_r(&seed) % PAGES, n = 1 + rand_r(&seed) % (PAGES - a);
+        bool set = rand_r(&seed) % 2;
+        sa_pagemap_mark_released(base + a * SA_PAGE_SIZE, n, set);
+        for (size_t i = a; i < a + n; i++)
+            model[i] = set;
+        size_t b = rand_r(&seed) % PAGES, m = 1 + rand_r(&seed) % (PAGES - b);
+        size_t want = 0, first = m;
+        for (size_t i = b; i < b + m; i++) {
+            want += model[i];
+            if (!model[i] && first == m)
+                first = i - b;
+        }
+        assert_int_equal(sa_pagemap_count_released(base + b * SA_PAGE_SIZE, m), want);
+        assert_int_equal(sa_pagemap_first_unreleased(base + b * SA_PAGE_SIZE, m), first);
+    }
+    sa_pagemap_mark_released(base, PAGES, false);
     sa_mheap_unlock();
     munmap(raw, len);
 }
