@@ -10,7 +10,6 @@
 #include "mcache.h"
 
 void *sa_malloc_large(size_t size, size_t align);
-void sa_free_not_small(void *ptr, struct sa_span *s);
 
 static inline void *sa_malloc_inline(size_t size)
 {
@@ -20,21 +19,25 @@ static inline void *sa_malloc_inline(size_t size)
 }
 
 /* A small block is freed only if it is the start of an object of its span
- * and not already free; anything else is reported before it can do harm. */
+ * and not already free.  Everything else (a large object, a bad pointer)
+ * fails the index check, since only small spans have nelems > 0, and goes
+ * out of line, where large objects are freed and bad pointers reported. */
 static inline void sa_free_inline(void *ptr)
 {
     if (SA_UNLIKELY(ptr == NULL))
         return;
     struct sa_span *s = sa_pagemap_lookup((uintptr_t)ptr);
-    if (SA_LIKELY(s != NULL && s->state == SA_SPAN_SMALL)) {
-        uintptr_t offset = (uintptr_t)ptr - s->base;
-        uint64_t index = ((uint64_t)offset * s->div_magic) >> 32;
-        if (SA_UNLIKELY(index * s->elem_size != offset || index >= s->nelems))
-            sa_bad_small_free(ptr, s);
-        sa_mcache_free(ptr, s->cls, s);
+    if (SA_UNLIKELY(s == NULL)) {
+        sa_free_not_small(ptr, s);
         return;
     }
-    sa_free_not_small(ptr, s);
+    uintptr_t offset = (uintptr_t)ptr - s->base;
+    uint64_t index = ((uint64_t)offset * s->div_magic) >> 32;
+    if (SA_UNLIKELY(index * s->elem_size != offset || index >= s->nelems)) {
+        sa_free_not_small(ptr, s);
+        return;
+    }
+    sa_mcache_free(ptr, s->cls, s);
 }
 
 #endif /* SPANALLOC_ENTRY_H */

@@ -83,7 +83,8 @@ struct sa_span {
     uint32_t npages;
 
     /* Small spans, under their mcentral's lock. */
-    uint32_t nelems;      /* objects the span holds */
+    uint32_t nelems;      /* objects the span holds; 0 unless SMALL, so that
+                           * free()'s index check also rejects other states */
     uint32_t nalloc;      /* objects out of the span (live or in caches) */
     uint32_t ncarved;     /* objects [0, ncarved) were handed out once */
     void *freelist;       /* returned objects, encoded links */
@@ -153,12 +154,14 @@ uint64_t sa_pagemap_sys_bytes(void);
 
 /* ---- Free-block encoding (safe linking and the double-free mark).
  *
- * A free small block holds two words: word 0 is the link to the next free
- * block, XOR-ed with a per-process secret and the block's own address, so a
- * use-after-free write cannot aim the list at an address of its choosing;
- * word 1 is a mark derived from a second secret and the address, which says
- * "this block is free" (double free) and "this block was not written since it
- * was freed" (checked when it is handed out again).
+ * A free small block holds two words:
+ *   word 0, the link: next ^ (address >> 12) ^ link_key, so a use-after-free
+ *   write cannot aim the list at an address of its choosing;
+ *   word 1, the mark: word0 ^ address ^ mark_key.  It says "this block is
+ *   free" (a second free of it is a double free) and it seals the link: a
+ *   write over either word breaks the equation, which is checked before a
+ *   block is handed out and before its link is followed.  Forging a block
+ *   takes both secrets (drawn from getrandom at load).
  */
 extern uintptr_t sa_link_key;
 extern uintptr_t sa_mark_key;
@@ -171,9 +174,9 @@ static inline void *sa_decode_link(uintptr_t word, void *at)
 {
     return (void *)(word ^ ((uintptr_t)at >> 12) ^ sa_link_key);
 }
-static inline uintptr_t sa_free_mark(void *at)
+static inline uintptr_t sa_seal(uintptr_t link, const void *at)
 {
-    return (uintptr_t)at ^ sa_mark_key;
+    return link ^ (uintptr_t)at ^ sa_mark_key;
 }
 static inline void sa_block_make_free(void *block, void *next)
 {
@@ -181,32 +184,55 @@ static inline void sa_block_make_free(void *block, void *next)
     /* Both words computed before either store: the stores may alias the keys
      * as far as the compiler knows, and reloading them costs instructions. */
     uintptr_t link = sa_encode_link(next, block);
-    uintptr_t mark = sa_free_mark(block);
+    uintptr_t mark = sa_seal(link, block);
     w[0] = link;
     w[1] = mark;
 }
+/* True if the block carries an intact free mark: it is free, and its link
+ * is the one spanalloc wrote. */
 static inline bool sa_block_is_free(const void *block)
 {
-    return ((const uintptr_t *)block)[1] == sa_free_mark((void *)block);
-}
-/* A decoded link is plausible if NULL or inside an arena of ours, so that
- * following it can neither fault nor leave the heap. */
-static inline bool sa_link_plausible(void *next)
-{
-    return next == NULL || sa_pagemap_leaf((uintptr_t)next) != NULL;
+    const uintptr_t *w = (const uintptr_t *)block;
+    return w[1] == sa_seal(w[0], block);
 }
 
 /* ---- mcache (alloc/mcache.c): per thread, no locks. */
+/* Per class in a thread's cache; one operation touches one cache line.
+ * Only the owning thread writes these fields; read_mem_stats reads them from
+ * other threads with relaxed atomic loads (SA_PEER_READ).  The frees are not
+ * counted on the free fast path: since count = moved + frees - mallocs,
+ * frees = count - moved + mallocs (modulo 2^64). */
 struct sa_cache_list {
-    void *head;      /* encoded singly-linked list of free blocks */
-    uint32_t count;  /* blocks on the list */
-    uint32_t max;    /* flush above this; 0 in the empty sentinel cache */
-    /* Counted by the owning thread with plain load+store (relaxed atomics,
-     * never a read-modify-write), folded in by read_mem_stats.  They sit
-     * beside the list so an operation touches one cache line. */
-    _Atomic uint64_t mallocs;
-    _Atomic uint64_t frees;
+    void *head;       /* encoded singly-linked list of free blocks */
+    uint32_t count;   /* blocks on the list */
+    uint32_t max;     /* flush above this; 0 in the empty sentinel cache */
+    uint64_t mallocs; /* blocks popped by malloc */
+    uint64_t moved;   /* blocks refilled from minus flushed to the mcentral */
 };
+
+/* The owner's updates are plain read-modify-writes (one instruction, no lock
+ * prefix); aligned 64-bit stores are single-copy atomic on the targets we
+ * build for, so a peer's relaxed load sees an old or a new value.  Under
+ * ThreadSanitizer they are spelled as relaxed atomics so the model is exact. */
+#if defined(__SANITIZE_THREAD__)
+#define SA_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define SA_TSAN 1
+#endif
+#endif
+#if defined(SA_TSAN)
+#define SA_OWNER_ADD(field, n) \
+    __atomic_store_n(&(field), __atomic_load_n(&(field), __ATOMIC_RELAXED) + (n), __ATOMIC_RELAXED)
+#else
+#define SA_OWNER_ADD(field, n) ((field) += (n))
+#endif
+#define SA_PEER_READ(field) __atomic_load_n(&(field), __ATOMIC_RELAXED)
+
+static inline uint64_t sa_list_frees(struct sa_cache_list *l)
+{
+    return (uint64_t)SA_PEER_READ(l->count) - SA_PEER_READ(l->moved) + SA_PEER_READ(l->mallocs);
+}
 
 struct sa_mcache {
     struct sa_cache_list lists[SA_NUM_CLASSES];
@@ -217,13 +243,6 @@ struct sa_mcache {
 extern __thread struct sa_mcache *sa_tls_cache
     __attribute__((tls_model("initial-exec")));
 extern struct sa_mcache sa_empty_cache;
-
-static inline void sa_count(_Atomic uint64_t *counter)
-{
-    atomic_store_explicit(counter,
-                          atomic_load_explicit(counter, memory_order_relaxed) + 1,
-                          memory_order_relaxed);
-}
 
 void *sa_mcache_alloc_slow(unsigned cls);
 void sa_mcache_free_slow(void *block, unsigned cls);

@@ -42,6 +42,8 @@ void *sa_malloc_large(size_t size, size_t align)
     return (void *)s->base;
 }
 
+/* Out of line: large objects, and every pointer the inline checks refused,
+ * which sa_checked_span reports (it returns only for valid pointers). */
 void sa_free_not_small(void *ptr, struct sa_span *s)
 {
     if (s != NULL && s->state == SA_SPAN_LARGE && (uintptr_t)ptr == s->base) {
@@ -50,7 +52,7 @@ void sa_free_not_small(void *ptr, struct sa_span *s)
         return;
     }
     sa_checked_span(ptr, "free");
-    sa_report("free of an invalid pointer", ptr, s); /* not reached */
+    sa_report("free: invalid pointer", ptr, s); /* a valid small block never gets here */
 }
 
 /* ---- Entry points shared with override.c */

@@ -45,7 +45,7 @@ static pthread_key_t exit_key;
 uint32_t sa_mcache_list_cap(unsigned cls)
 {
     uint32_t cap = SA_CACHE_CLASS_BYTES / sa_class_size[cls];
-    return cap < 2 ? 2 : cap > 256 ? 256 : cap;
+    return cap < 2 ? 2 : cap > 2048 ? 2048 : cap;
 }
 
 static uint32_t batch_size(unsigned cls)
@@ -98,8 +98,8 @@ static void registry_link(struct sa_mcache *c)
 static void registry_retire(struct sa_mcache *c)
 {
     for (unsigned cls = 0; cls < SA_NUM_CLASSES; cls++) {
-        exited_mallocs[cls] += atomic_load_explicit(&c->lists[cls].mallocs, memory_order_relaxed);
-        exited_frees[cls] += atomic_load_explicit(&c->lists[cls].frees, memory_order_relaxed);
+        exited_mallocs[cls] += SA_PEER_READ(c->lists[cls].mallocs);
+        exited_frees[cls] += sa_list_frees(&c->lists[cls]);
     }
     if (c->reg_prev != NULL)
         c->reg_prev->reg_next = c->reg_next;
@@ -125,16 +125,16 @@ static void *list_take(struct sa_cache_list *l, uint32_t n)
     if (n > l->count)
         n = l->count;
     for (; taken < n; taken++) {
-        void *next = sa_decode_link(((uintptr_t *)last)[0], last);
-        if (!sa_block_is_free(last) || !sa_link_plausible(next))
+        if (!sa_block_is_free(last))
             sa_report("corrupted free block (written after free)", last, NULL);
-        last = next;
+        last = sa_decode_link(((uintptr_t *)last)[0], last);
     }
     if (!sa_block_is_free(last))
         sa_report("corrupted free block (written after free)", last, NULL);
     l->head = sa_decode_link(((uintptr_t *)last)[0], last);
     sa_block_make_free(last, NULL);
-    l->count -= n;
+    SA_OWNER_ADD(l->count, -n);
+    SA_OWNER_ADD(l->moved, -(uint64_t)n);
     return first;
 }
 
@@ -229,13 +229,14 @@ void *sa_mcache_alloc_slow(unsigned cls)
         if (got == 0)
             return NULL;
         l->head = blocks;
-        l->count = got;
+        SA_OWNER_ADD(l->count, got);
+        SA_OWNER_ADD(l->moved, got);
     }
     uintptr_t *block = l->head;
     l->head = sa_decode_link(block[0], block);
-    l->count--;
+    SA_OWNER_ADD(l->count, -1);
     block[1] = 0;
-    sa_count(&l->mallocs);
+    SA_OWNER_ADD(l->mallocs, 1);
     return block;
 }
 
@@ -256,8 +257,7 @@ void sa_mcache_free_slow(void *block, unsigned cls)
         flush_list(l, cls, batch_size(cls));
     sa_block_make_free(block, l->head);
     l->head = block;
-    l->count++;
-    sa_count(&l->frees);
+    SA_OWNER_ADD(l->count, 1);
 }
 
 void sa_mcache_flush_current(void)
@@ -280,8 +280,8 @@ void sa_mcache_fold_stats(uint64_t *mallocs, uint64_t *frees, uint64_t *live,
     }
     for (struct sa_mcache *c = registry; c != NULL; c = c->reg_next) {
         for (unsigned cls = 0; cls < SA_NUM_CLASSES; cls++) {
-            mallocs[cls] += atomic_load_explicit(&c->lists[cls].mallocs, memory_order_relaxed);
-            frees[cls] += atomic_load_explicit(&c->lists[cls].frees, memory_order_relaxed);
+            mallocs[cls] += SA_PEER_READ(c->lists[cls].mallocs);
+            frees[cls] += sa_list_frees(&c->lists[cls]);
         }
     }
     *live = caches_live;

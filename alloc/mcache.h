@@ -12,19 +12,23 @@
 
 #include "internal.h"
 
+/* free() of anything the inline checks did not accept (malloc.c). */
+void sa_free_not_small(void *ptr, struct sa_span *s);
+
 static inline void *sa_mcache_alloc(unsigned cls)
 {
     struct sa_cache_list *l = &sa_tls_cache->lists[cls];
     uintptr_t *block = l->head;
     if (SA_UNLIKELY(block == NULL))
         return sa_mcache_alloc_slow(cls);
-    void *next = sa_decode_link(block[0], block);
-    if (SA_UNLIKELY(block[1] != sa_free_mark(block) || !sa_link_plausible(next)))
+    uintptr_t link = block[0];
+    if (SA_UNLIKELY(block[1] != sa_seal(link, block)))
         sa_report("corrupted free block (written after free)", block, NULL);
+    void *next = sa_decode_link(link, block);
     block[1] = 0; /* no longer free */
     l->head = next;
-    l->count--;
-    sa_count(&l->mallocs);
+    SA_OWNER_ADD(l->count, -1);
+    SA_OWNER_ADD(l->mallocs, 1);
     return block;
 }
 
@@ -39,12 +43,13 @@ static inline void sa_mcache_free(void *block, unsigned cls, struct sa_span *s)
         sa_mcache_free_slow(block, cls);
         return;
     }
-    if (SA_UNLIKELY(sa_block_is_free(block)))
-        sa_bad_small_free(block, s);
+    if (SA_UNLIKELY(sa_block_is_free(block))) {
+        sa_free_not_small(block, s); /* reports the double free */
+        return;
+    }
     sa_block_make_free(block, l->head);
     l->head = block;
-    l->count++;
-    sa_count(&l->frees);
+    SA_OWNER_ADD(l->count, 1);
 }
 
 #endif /* SPANALLOC_MCACHE_H */

@@ -357,7 +357,7 @@ static void publish(struct sa_span *s, unsigned cls)
         if ((size_t)s->npages << SA_PAGE_SHIFT > UINT32_MAX)
             s->elem_size = 0; /* huge: usable size comes from npages */
         s->div_magic = 0;
-        s->nelems = 1;
+        s->nelems = 0; /* only small spans have objects free() checks inline */
     }
     s->nalloc = s->ncarved = 0;
     s->freelist = NULL;
@@ -399,6 +399,7 @@ static void free_locked(struct sa_span *s)
         sa_pagemap_set(s->base + SA_PAGE_SIZE, s->npages - 2, NULL);
     s->state = SA_SPAN_FREE;
     s->cls = 0;
+    s->nelems = 0; /* a pointer into it fails free()'s inline index check */
     s->freelist = NULL;
     s->idle_since_ns = sa_os_now_ns();
     s->released_pages = 0;
