@@ -152,7 +152,7 @@ static void age_remove(struct sa_span *s)
 static void free_lists_insert(struct sa_span *s)
 {
     if (span_is_dirty(s)) {
-        set_insert(&dirty_set, s);
+        set_insert(s->released_pages * 2 < s->npages ? &dirty_set : &clean_set, s);
         age_insert(s);
         s->on_list = LIST_DIRTY;
     } else {
@@ -164,7 +164,7 @@ static void free_lists_insert(struct sa_span *s)
 static void free_lists_remove(struct sa_span *s)
 {
     if (s->on_list == LIST_DIRTY) {
-        set_remove(&dirty_set, s);
+        set_remove(s->released_pages * 2 < s->npages ? &dirty_set : &clean_set, s);
         age_remove(s);
     } else if (s->on_list == LIST_CLEAN) {
         set_remove(&clean_set, s);
@@ -250,6 +250,39 @@ static bool split_free_tail(struct sa_span *s, size_t npages)
     return true;
 }
 
+/* Keep the last npages of a detached free span (tail_released of them are
+ * released); the lead goes back to the free lists. */
+static bool keep_tail(struct sa_span *s, size_t npages, uint32_t tail_released)
+{
+    struct sa_span *head = sa_span_record_new();
+    if (head == NULL)
+        return false;
+    *head = *s;
+    head->npages = s->npages - (uint32_t)npages;
+    head->released_pages = s->released_pages - tail_released;
+    s->base += (uintptr_t)head->npages << SA_PAGE_SHIFT;
+    s->npages = (uint32_t)npages;
+    s->released_pages = tail_released;
+    map_free_span(head);
+    free_lists_insert(head);
+    return true;
+}
+
+/* Carve npages out of a detached free span, from whichever end has more
+ * resident pages: reusing resident memory keeps RSS down, where taking the
+ * released end would fault fresh pages in and leave resident ones idle. */
+static bool carve(struct sa_span *s, size_t npages)
+{
+    if (s->npages > npages && s->released_pages > 0) {
+        uint32_t head = (uint32_t)sa_pagemap_count_released(s->base, npages);
+        uint32_t tail = (uint32_t)sa_pagemap_count_released(
+            span_end(s) - (npages << SA_PAGE_SHIFT), npages);
+        if (tail < head)
+            return keep_tail(s, npages, tail);
+    }
+    return split_free_tail(s, npages);
+}
+
 /* ---- Growth */
 
 static bool grow(size_t npages)
@@ -323,9 +356,15 @@ static struct sa_span *alloc_locked(size_t npages, size_t align_pages, bool *gre
         s = find_free(want);
     }
     free_lists_remove(s);
-    uintptr_t align = (uintptr_t)(align_pages > 1 ? align_pages : 1) << SA_PAGE_SHIFT;
-    size_t lead = (((s->base + align - 1) & ~(align - 1)) - s->base) >> SA_PAGE_SHIFT;
-    if (!trim_lead(s, lead) || !split_free_tail(s, npages)) {
+    bool carved;
+    if (align_pages > 1) {
+        uintptr_t align = (uintptr_t)align_pages << SA_PAGE_SHIFT;
+        size_t lead = (((s->base + align - 1) & ~(align - 1)) - s->base) >> SA_PAGE_SHIFT;
+        carved = trim_lead(s, lead) && split_free_tail(s, npages);
+    } else {
+        carved = carve(s, npages);
+    }
+    if (!carved) {
         map_free_span(s);
         free_lists_insert(s);
         return NULL;

@@ -280,13 +280,19 @@ static void trace_lines_agree_with_stats(void **state)
     const char *env[] = {"SPANALLOC_SCAVENGE_IDLE=1s", "SPANALLOC_TRACE=1", NULL};
     assert_int_equal(run_child("trace", env, out, sizeof(out)), 0);
     print_message("%s", out);
-    unsigned long long cycle, mb, inuse, idle, sys, released, consumed;
-    char *line = strstr(out, "MB released");
-    assert_non_null(line);
-    while (line > out && line[-1] != '\n')
-        line--;
-    assert_int_equal(sscanf(line, "scvg%llu: %llu MB released", &cycle, &mb), 2);
-    char *summary = strstr(line, "inuse:");
+    /* The burst may be released over several cycles: add up every
+     * "scvgN: X MB released" line, and check the last summary line. */
+    unsigned long long cycle, mb, total_mb = 0, inuse, idle, sys, released, consumed;
+    char *summary = NULL;
+    for (char *line = out; line != NULL && *line; line = strchr(line, '\n') ? strchr(line, '\n') + 1 : NULL) {
+        if (sscanf(line, "scvg%llu: %llu MB released", &cycle, &mb) == 2)
+            total_mb += mb;
+        char *s = strstr(line, "inuse:");
+        char *eol = strchr(line, '\n');
+        if (s != NULL && (eol == NULL || s < eol))
+            summary = s;
+    }
+    mb = total_mb;
     assert_non_null(summary);
     assert_int_equal(sscanf(summary, "inuse: %llu, idle: %llu, sys: %llu, released: %llu, "
                                      "consumed: %llu (MB)",
