@@ -139,7 +139,8 @@ void *spanalloc_realloc(void *ptr, size_t size)
         sa_free_inline(ptr);
         return NULL;
     }
-    size_t usable = sa_usable_size(ptr);
+    struct sa_span *s = sa_checked_span(ptr, "realloc");
+    size_t usable = s->state == SA_SPAN_SMALL ? s->elem_size : (size_t)s->npages << SA_PAGE_SHIFT;
     /* Keep the block while the new size fits and wastes at most half. */
     if (size <= usable && size >= usable / 2)
         return ptr;

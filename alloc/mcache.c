@@ -15,6 +15,7 @@
  * counters in, and so the child of a fork can take back what the parent's
  * other threads held.
  */
+#include <errno.h>
 #include <string.h>
 
 #include "internal.h"
@@ -209,8 +210,10 @@ static struct sa_mcache *current_cache(void)
 static void *direct_alloc(unsigned cls)
 {
     void *block;
-    if (sa_mcentral_fill(cls, 1, &block) == 0)
+    if (sa_mcentral_fill(cls, 1, &block) == 0) {
+        errno = ENOMEM;
         return NULL;
+    }
     ((uintptr_t *)block)[1] = 0;
     SA_VG_MALLOCLIKE(block, sa_class_size[cls], 0);
     atomic_fetch_add_explicit(&direct_mallocs[cls], 1, memory_order_relaxed);
@@ -226,8 +229,10 @@ void *sa_mcache_alloc_slow(unsigned cls)
     if (l->head == NULL) {
         void *blocks;
         uint32_t got = sa_mcentral_fill(cls, batch_size(cls), &blocks);
-        if (got == 0)
+        if (got == 0) {
+            errno = ENOMEM;
             return NULL;
+        }
         l->head = blocks;
         SA_OWNER_ADD(l->count, got);
         SA_OWNER_ADD(l->moved, got);

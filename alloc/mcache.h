@@ -23,7 +23,8 @@ static inline void *sa_mcache_alloc(unsigned cls)
         return sa_mcache_alloc_slow(cls);
     uintptr_t link = block[0];
     if (SA_UNLIKELY(block[1] != sa_seal(link, block)))
-        sa_report("corrupted free block (written after free)", block, NULL);
+        sa_report("corrupted free block (written after free)", block,
+                  sa_pagemap_lookup((uintptr_t)block));
     void *next = sa_decode_link(link, block);
     block[1] = 0; /* no longer free */
     l->head = next;
