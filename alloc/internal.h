@@ -260,6 +260,10 @@ void sa_mcache_thread_init(void);
 /* ---- mcentral (alloc/mcentral.c): per size class, one lock each. */
 uint32_t sa_mcentral_fill(unsigned cls, uint32_t want, void **head);
 void sa_mcentral_release(unsigned cls, void *head);
+/* A whole batch from a cache flush: kept intact for the next refill when a
+ * transfer slot is free, else put back into its spans. */
+void sa_mcentral_release_batch(unsigned cls, void *head, uint32_t count);
+void sa_mcentral_drain_transfer(void); /* every kept batch back to its spans */
 void sa_mcentral_fork_prepare(void);
 void sa_mcentral_fork_parent(void);
 void sa_mcentral_fork_child(void);

@@ -139,17 +139,25 @@ static void *list_take(struct sa_cache_list *l, uint32_t n)
     return first;
 }
 
+/* A list over its cap hands a batch to the mcentral, whole, for the next
+ * refill elsewhere; a cache being emptied (thread exit, fork,
+ * free_os_memory) puts its blocks back into their spans so that empty spans
+ * can go back to the heap. */
 static void flush_list(struct sa_cache_list *l, unsigned cls, uint32_t n)
 {
+    uint32_t taken = n < l->count ? n : l->count;
     void *blocks = list_take(l, n);
     if (blocks != NULL)
-        sa_mcentral_release(cls, blocks);
+        sa_mcentral_release_batch(cls, blocks, taken);
 }
 
 static void flush_all(struct sa_mcache *c)
 {
-    for (unsigned cls = 1; cls < SA_NUM_CLASSES; cls++)
-        flush_list(&c->lists[cls], cls, c->lists[cls].count);
+    for (unsigned cls = 1; cls < SA_NUM_CLASSES; cls++) {
+        void *blocks = list_take(&c->lists[cls], c->lists[cls].count);
+        if (blocks != NULL)
+            sa_mcentral_release(cls, blocks);
+    }
 }
 
 /* ---- Thread lifecycle */
@@ -311,18 +319,19 @@ void sa_mcache_fork_parent(void)
     pthread_mutex_unlock(&registry_lock);
 }
 
-/* In the child only the forking thread survives: take back what the other
- * threads' caches held, so it is not lost for the child's lifetime. */
+/* In the child only the forking thread survives.  The other threads'
+ * caches are retired without being walked: fork may have caught one of them
+ * half-way through a push or a pop (they take no lock), so their lists
+ * cannot be trusted.  What they held (at most sa_mcache_bound_bytes() per
+ * thread) stays allocated for the child's lifetime, as glibc's tcache does. */
 void sa_mcache_fork_child(void)
 {
     pthread_mutex_init(&registry_lock, NULL);
     struct sa_mcache *c = registry;
     while (c != NULL) {
         struct sa_mcache *next = c->reg_next;
-        if (c != sa_tls_cache) {
-            flush_all(c);
+        if (c != sa_tls_cache)
             registry_retire(c);
-        }
         c = next;
     }
     if (sa_tls_cache != &sa_empty_cache)

@@ -9,13 +9,29 @@
  * returned to the mheap at once, so heap_inuse counts only spans that hold
  * objects.  Spans with no free object are on no list: the page map finds them
  * when an object comes back.
+ *
+ * A few whole batches flushed by one thread's cache are kept as they are
+ * (the transfer slots) and handed to the next cache that refills, without
+ * touching a span: when one thread frees what another allocates, objects
+ * move between the two caches at O(1) per batch.  At most
+ * SA_TRANSFER_SLOTS batches per class (a batch is at most 32 KiB), drained
+ * back into their spans by free_os_memory().
  */
 #include "internal.h"
 #include "valgrind_hooks.h"
 
+#define SA_TRANSFER_SLOTS 4
+
+struct transfer_batch {
+    void *head;     /* encoded list, as the cache held it */
+    uint32_t count;
+};
+
 struct mcentral {
     pthread_mutex_t lock;
     struct sa_span_list partial;
+    uint32_t nbatches;
+    struct transfer_batch batches[SA_TRANSFER_SLOTS];
 } __attribute__((aligned(64)));
 
 static struct mcentral centrals[SA_NUM_CLASSES] = {
@@ -63,6 +79,12 @@ uint32_t sa_mcentral_fill(unsigned cls, uint32_t want, void **head)
     uint32_t got = 0;
     bool grew = false;
     pthread_mutex_lock(&c->lock);
+    if (c->nbatches > 0 && c->batches[c->nbatches - 1].count <= want) {
+        struct transfer_batch b = c->batches[--c->nbatches]; /* copy under the lock */
+        pthread_mutex_unlock(&c->lock);
+        *head = b.head;
+        return b.count;
+    }
     while (got < want) {
         struct sa_span *s = c->partial.first;
         if (s == NULL) {
@@ -132,6 +154,34 @@ void sa_mcentral_release(unsigned cls, void *head)
         empty = s->next;
         s->next = NULL;
         sa_mheap_free(s);
+    }
+}
+
+void sa_mcentral_release_batch(unsigned cls, void *head, uint32_t count)
+{
+    struct mcentral *c = &centrals[cls];
+    pthread_mutex_lock(&c->lock);
+    if (c->nbatches < SA_TRANSFER_SLOTS) {
+        c->batches[c->nbatches++] = (struct transfer_batch){head, count};
+        pthread_mutex_unlock(&c->lock);
+        return;
+    }
+    pthread_mutex_unlock(&c->lock);
+    sa_mcentral_release(cls, head);
+}
+
+void sa_mcentral_drain_transfer(void)
+{
+    for (unsigned cls = 1; cls < SA_NUM_CLASSES; cls++) {
+        struct mcentral *c = &centrals[cls];
+        for (;;) {
+            pthread_mutex_lock(&c->lock);
+            void *head = c->nbatches > 0 ? c->batches[--c->nbatches].head : NULL;
+            pthread_mutex_unlock(&c->lock);
+            if (head == NULL)
+                break;
+            sa_mcentral_release(cls, head);
+        }
     }
 }
 

@@ -192,6 +192,7 @@ void free_os_memory(void)
 {
     sa_ensure_init();
     sa_mcache_flush_current();
+    sa_mcentral_drain_transfer();
     atomic_fetch_add(&num_forced, 1);
     sa_mheap_scavenge(UINT64_MAX, UINT64_MAX);
 }

@@ -70,6 +70,29 @@ static void partial_spans_are_reused(void **state)
     sa_mcentral_release(cls, b);
 }
 
+/* A batch flushed by one cache goes whole to the next refill: the same
+ * blocks, and their span is not touched on the way. */
+static void flushed_batches_pass_through_the_transfer_slots(void **state)
+{
+    (void)state;
+    const unsigned cls = 20; /* 384 B */
+    void *head;
+    assert_int_equal(sa_mcentral_fill(cls, 10, &head), 10);
+    struct sa_span *s = sa_pagemap_lookup((uintptr_t)head);
+    uint32_t out_before = s->nalloc;
+    sa_mcentral_release_batch(cls, head, 10);
+    assert_int_equal(s->nalloc, out_before); /* still out of the span */
+    void *again;
+    assert_int_equal(sa_mcentral_fill(cls, 10, &again), 10);
+    assert_ptr_equal(again, head);
+    assert_int_equal(list_length(again, cls), 10);
+    /* Drained, the blocks go back into their spans. */
+    sa_mcentral_release_batch(cls, again, 10);
+    struct sa_heap_counters before = heap_now();
+    sa_mcentral_drain_transfer();
+    assert_true(heap_now().inuse_pages < before.inuse_pages);
+}
+
 int main(void)
 {
     sa_options.scavenger_enabled = false;
@@ -77,6 +100,7 @@ int main(void)
         cmocka_unit_test(fill_hands_out_free_blocks_of_the_class),
         cmocka_unit_test(empty_spans_return_to_the_heap),
         cmocka_unit_test(partial_spans_are_reused),
+        cmocka_unit_test(flushed_batches_pass_through_the_transfer_slots),
     };
     return cmocka_run_group_tests_name("mcentral", tests, NULL, NULL);
 }

@@ -1,0 +1,565 @@
+/*
+ * fork() and the allocator, through the prefixed API.
+ *
+ * 1. Fork, 20 times, while three threads keep allocating and freeing: the
+ *    child (a single thread) must find every allocator lock usable, allocate
+ *    and free blocks of every size with their contents intact, see the stats
+ *    invariants hold (the caches of the threads that did not survive the fork
+ *    are reclaimed), release memory, start a thread of its own, and exit 0.
+ * 2. A block allocated before fork can be freed in the child and, separately,
+ *    in the parent.
+ * 3. Fork from a thread other than the main one.
+ *
+ * The child never returns into cmocka: it checks with its own macro and
+ * reports through its exit status.  The parent waits with a 30 s alarm as a
+ * guard against a child that hangs on a lock held at fork time.
+ */
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "test_helpers.h"
+
+#if __has_include(<valgrind/valgrind.h>)
+#include <valgrind/valgrind.h>
+#define UNDER_VALGRIND() (RUNNING_ON_VALGRIND != 0)
+#else
+#define UNDER_VALGRIND() 0
+#endif
+
+/* ---- Pattern: byte i depends only on (seed, i) */
+
+static inline uint64_t pattern_word(uint64_t seed, size_t i)
+{
+    uint64_t x = (seed + 1) * 0x9E3779B97F4A7C15ull ^ (uint64_t)(i >> 3) * 0xD6E8FEB86659FD93ull;
+    return x ^ (x >> 29);
+}
+
+static void fill(void *p, size_t n, uint64_t seed)
+{
+    unsigned char *b = p;
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t w = pattern_word(seed, i);
+        memcpy(b + i, &w, 8);
+    }
+    for (; i < n; i++)
+        b[i] = (unsigned char)(pattern_word(seed, i) >> ((i & 7) * 8));
+}
+
+static bool intact(const void *p, size_t n, uint64_t seed)
+{
+    const unsigned char *b = p;
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t w = pattern_word(seed, i), got;
+        memcpy(&got, b + i, 8);
+        if (got != w)
+            return false;
+    }
+    for (; i < n; i++)
+        if (b[i] != (unsigned char)(pattern_word(seed, i) >> ((i & 7) * 8)))
+            return false;
+    return true;
+}
+
+/* ---- In the child: no cmocka, a message on stderr and exit status 1 */
+
+static void child_fail(int line, const char *what, uint64_t a, uint64_t b)
+{
+    char msg[512];
+    int n = snprintf(msg, sizeof(msg), "fork child %d: check failed at line %d: %s (%llu, %llu)\n",
+                     (int)getpid(), line, what, (unsigned long long)a, (unsigned long long)b);
+    if (n > 0) {
+        ssize_t ignored = write(STDERR_FILENO, msg, (size_t)n);
+        (void)ignored;
+    }
+    _exit(1);
+}
+/* cmocka catches SIGSEGV and friends to go on with the next test.  A child
+ * that crashed (even inside fork(), in the allocator's atfork handler) would
+ * then run the rest of the suite: fork with the default actions, so that a
+ * crash kills the child and the parent sees the signal. */
+static const int crash_signals[] = {SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT, SIGSYS};
+enum { NUM_CRASH_SIGNALS = sizeof(crash_signals) / sizeof(crash_signals[0]) };
+
+static pid_t fork_plain(void)
+{
+    struct sigaction dfl, saved[NUM_CRASH_SIGNALS];
+    memset(&dfl, 0, sizeof(dfl));
+    dfl.sa_handler = SIG_DFL;
+    sigemptyset(&dfl.sa_mask);
+    fflush(NULL);
+    for (int i = 0; i < NUM_CRASH_SIGNALS; i++)
+        sigaction(crash_signals[i], &dfl, &saved[i]);
+    pid_t pid = fork();
+    if (pid != 0)
+        for (int i = 0; i < NUM_CRASH_SIGNALS; i++)
+            sigaction(crash_signals[i], &saved[i], NULL);
+    return pid;
+}
+
+#define CHILD_CHECK(cond)                      \
+    do {                                       \
+        if (!(cond))                           \
+            child_fail(__LINE__, #cond, 0, 0); \
+    } while (0)
+#define CHILD_CHECK_EQ(a, b)                                                        \
+    do {                                                                            \
+        uint64_t a_ = (a), b_ = (b);                                                \
+        if (a_ != b_)                                                               \
+            child_fail(__LINE__, #a " == " #b, a_, b_);                             \
+    } while (0)
+
+static void child_check_invariants(const struct mem_stats *st)
+{
+    CHILD_CHECK_EQ(st->heap_sys, st->heap_idle + st->heap_inuse);
+    CHILD_CHECK(st->heap_released <= st->heap_idle);
+    CHILD_CHECK(st->heap_alloc <= st->heap_inuse);
+    CHILD_CHECK_EQ(st->alloc, st->heap_alloc);
+    CHILD_CHECK_EQ(st->heap_objects, st->mallocs - st->frees);
+    CHILD_CHECK_EQ(st->sys, st->heap_sys + st->mspan_sys + st->mcache_sys + st->other_sys);
+    uint64_t m = 0, f = 0;
+    for (int c = 1; c < SPANALLOC_NUM_SIZE_CLASSES; c++) {
+        m += st->by_size[c].mallocs;
+        f += st->by_size[c].frees;
+    }
+    CHILD_CHECK(m <= st->mallocs);
+    CHILD_CHECK(f <= st->frees);
+}
+
+/* Wait for the child, at most 30 s (SIGALRM is blocked in every other
+ * thread, so it interrupts this waitpid).  Returns the wait status, or -1
+ * after killing a child that hung. */
+static void on_alarm(int sig)
+{
+    (void)sig;
+}
+
+static int wait_child(pid_t pid)
+{
+    struct sigaction sa, old;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = on_alarm; /* no SA_RESTART: waitpid returns EINTR */
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGALRM, &sa, &old);
+    alarm(30);
+    int status = 0;
+    pid_t r = waitpid(pid, &status, 0);
+    int saved = errno;
+    alarm(0);
+    sigaction(SIGALRM, &old, NULL);
+    if (r == pid)
+        return status;
+    print_error("waitpid: %s; killing child %d\n", strerror(saved), (int)pid);
+    kill(pid, SIGKILL);
+    waitpid(pid, &status, 0);
+    return -1;
+}
+
+static void assert_child_succeeded(int status)
+{
+    assert_int_not_equal(status, -1); /* hung */
+    if (WIFSIGNALED(status))
+        fail_msg("child killed by signal %d", WTERMSIG(status));
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 0);
+}
+
+/* ---- Busy threads */
+
+enum { NBUSY = 3, RING = 64 };
+static atomic_bool stop_busy;
+static atomic_ulong busy_ops;
+static atomic_int busy_failures;
+static atomic_bool busy_light; /* small malloc/free only, no pattern */
+
+static void *busy(void *arg)
+{
+    unsigned rng = (unsigned)(uintptr_t)arg;
+    void *ring[RING] = {0};
+    size_t sizes[RING] = {0};
+    uint64_t seeds[RING] = {0};
+    uint64_t serial = 0;
+    if (atomic_load(&busy_light)) {
+        while (!atomic_load_explicit(&stop_busy, memory_order_relaxed)) {
+            unsigned i = (unsigned)rand_r(&rng) % RING;
+            spanalloc_free(ring[i]);
+            ring[i] = spanalloc_malloc(1 + (size_t)(rng & 511));
+            if (ring[i] == NULL)
+                atomic_fetch_add(&busy_failures, 1);
+            atomic_fetch_add_explicit(&busy_ops, 1, memory_order_relaxed);
+        }
+    }
+    while (!atomic_load_explicit(&stop_busy, memory_order_relaxed)) {
+        unsigned i = (unsigned)rand_r(&rng) % RING;
+        if (ring[i] != NULL) {
+            /* Head and tail carry the pattern: cheap, so the thread spends
+             * its time in the allocator, where fork must not catch it out. */
+            size_t n = sizes[i] < 16 ? sizes[i] : 16;
+            if (!intact(ring[i], n, seeds[i]))
+                atomic_fetch_add(&busy_failures, 1);
+            spanalloc_free(ring[i]);
+            ring[i] = NULL;
+        }
+        unsigned r = (unsigned)rand_r(&rng) % 64;
+        size_t size = r == 0 ? 32769 + (size_t)rand_r(&rng) % 200000
+                    : r < 8  ? 1 + (size_t)rand_r(&rng) % 32768
+                             : 1 + (size_t)rand_r(&rng) % 512;
+        void *p = (r & 3) == 1 ? spanalloc_calloc(1, size) : spanalloc_malloc(size);
+        if (p == NULL) {
+            atomic_fetch_add(&busy_failures, 1);
+            continue;
+        }
+        seeds[i] = serial++;
+        sizes[i] = size;
+        fill(p, size < 16 ? size : 16, seeds[i]);
+        ring[i] = p;
+        atomic_fetch_add_explicit(&busy_ops, 1, memory_order_relaxed);
+    }
+    for (int i = 0; i < RING; i++)
+        spanalloc_free(ring[i]);
+    return NULL;
+}
+
+static void start_busy(pthread_t *t)
+{
+    /* The busy threads must not take the parent's SIGALRM. */
+    sigset_t alrm, old;
+    sigemptyset(&alrm);
+    sigaddset(&alrm, SIGALRM);
+    pthread_sigmask(SIG_BLOCK, &alrm, &old);
+    atomic_store(&stop_busy, false);
+    atomic_store(&busy_ops, 0);
+    for (int i = 0; i < NBUSY; i++)
+        assert_int_equal(pthread_create(&t[i], NULL, busy, (void *)(uintptr_t)(77 + i)), 0);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+}
+
+static void stop_and_join_busy(pthread_t *t)
+{
+    atomic_store(&stop_busy, true);
+    for (int i = 0; i < NBUSY; i++)
+        assert_int_equal(pthread_join(t[i], NULL), 0);
+    assert_int_equal(atomic_load(&busy_failures), 0);
+}
+
+/* ---- What the child does */
+
+static void *child_thread(void *arg)
+{
+    (void)arg;
+    void *p[100];
+    for (int i = 0; i < 100; i++) {
+        p[i] = spanalloc_malloc(1 + (size_t)i * 331);
+        if (p[i] == NULL)
+            return (void *)1;
+        fill(p[i], 1 + (size_t)i * 331, (uint64_t)i);
+    }
+    for (int i = 0; i < 100; i++) {
+        if (!intact(p[i], 1 + (size_t)i * 331, (uint64_t)i))
+            return (void *)1;
+        spanalloc_free(p[i]);
+    }
+    return NULL;
+}
+
+enum { CHILD_BLOCKS = 600 };
+
+static void child_work(uint64_t expect_mcache_inuse, int rounds)
+{
+    static void *blocks[CHILD_BLOCKS];
+    static size_t sizes[CHILD_BLOCKS];
+    struct mem_stats start;
+    read_mem_stats(&start);
+    child_check_invariants(&start);
+    /* Only this thread's cache is live: the others' were taken back. */
+    CHILD_CHECK_EQ(start.mcache_inuse, expect_mcache_inuse);
+
+    for (int round = 0; round < rounds; round++) {
+        for (int i = 0; i < CHILD_BLOCKS; i++) {
+            /* Every size class and a spread of large sizes. */
+            size_t n = i < 66 ? start.by_size[i + 1].size
+                     : i % 50 == 0 ? 32769 + (size_t)i * 1031
+                                   : 1 + ((size_t)i * 2654435761u + (size_t)round) % 4096;
+            void *p;
+            switch (i % 4) {
+            case 0: p = spanalloc_calloc(1, n); break;
+            case 1: p = spanalloc_aligned_alloc((size_t)32 << (i % 8), n); break;
+            default: p = spanalloc_malloc(n); break;
+            }
+            CHILD_CHECK(p != NULL);
+            CHILD_CHECK(spanalloc_usable_size(p) >= n);
+            if (i % 4 == 0) {
+                const unsigned char *z = p;
+                for (size_t k = 0; k < n; k++)
+                    CHILD_CHECK(z[k] == 0);
+            }
+            fill(p, n, (uint64_t)i * 1000 + (uint64_t)round);
+            blocks[i] = p;
+            sizes[i] = n;
+        }
+        for (int i = 0; i < CHILD_BLOCKS; i += 3) {
+            size_t n = sizes[i] * 2 + 1;
+            void *q = spanalloc_realloc(blocks[i], n);
+            CHILD_CHECK(q != NULL);
+            CHILD_CHECK(intact(q, sizes[i], (uint64_t)i * 1000 + (uint64_t)round));
+            fill(q, n, (uint64_t)i * 1000 + (uint64_t)round);
+            blocks[i] = q;
+            sizes[i] = n;
+        }
+        struct mem_stats mid;
+        read_mem_stats(&mid);
+        child_check_invariants(&mid);
+        CHILD_CHECK_EQ(mid.heap_objects, start.heap_objects + CHILD_BLOCKS);
+        for (int i = 0; i < CHILD_BLOCKS; i++) {
+            CHILD_CHECK(intact(blocks[i], sizes[i], (uint64_t)i * 1000 + (uint64_t)round));
+            spanalloc_free(blocks[i]);
+        }
+    }
+    struct mem_stats end;
+    read_mem_stats(&end);
+    child_check_invariants(&end);
+    CHILD_CHECK_EQ(end.heap_objects, start.heap_objects);
+    CHILD_CHECK_EQ(end.heap_alloc, start.heap_alloc);
+
+    /* A thread of the child's own. */
+    pthread_t t;
+    void *ret = (void *)1;
+    CHILD_CHECK(pthread_create(&t, NULL, child_thread, NULL) == 0);
+    CHILD_CHECK(pthread_join(t, &ret) == 0);
+    CHILD_CHECK(ret == NULL);
+
+    free_os_memory();
+    struct mem_stats released;
+    read_mem_stats(&released);
+    child_check_invariants(&released);
+    CHILD_CHECK_EQ(released.heap_objects, start.heap_objects);
+    CHILD_CHECK_EQ(released.heap_released, released.heap_idle);
+    CHILD_CHECK_EQ(released.mcache_inuse, expect_mcache_inuse);
+}
+
+/* ---- 1 */
+
+static void quick_child(uint64_t expect_mcache_inuse)
+{
+    struct mem_stats st;
+    read_mem_stats(&st);
+    child_check_invariants(&st);
+    CHILD_CHECK_EQ(st.mcache_inuse, expect_mcache_inuse);
+    static const size_t sizes[] = {1, 24, 100, 500, 3000, 20000, 40000, 300000};
+    void *p[8];
+    for (int i = 0; i < 8; i++) {
+        p[i] = spanalloc_malloc(sizes[i]);
+        CHILD_CHECK(p[i] != NULL);
+        fill(p[i], sizes[i], (uint64_t)i);
+    }
+    for (int i = 0; i < 8; i++) {
+        CHILD_CHECK(intact(p[i], sizes[i], (uint64_t)i));
+        spanalloc_free(p[i]);
+    }
+    struct mem_stats end;
+    read_mem_stats(&end);
+    child_check_invariants(&end);
+    CHILD_CHECK_EQ(end.heap_objects, st.heap_objects);
+}
+
+/* Fork `forks` times while the busy threads run; each child runs
+ * child_work (rounds > 0) or a quick check (rounds == 0).  The threads are
+ * stopped before any assertion, so a failure leaves none running. */
+static void fork_repeatedly(int forks, int rounds, unsigned long ops_between)
+{
+    spanalloc_free(spanalloc_malloc(1)); /* this thread has its cache */
+    struct mem_stats base = stats_now();
+
+    pthread_t t[NBUSY];
+    start_busy(t);
+    int status = 0, failed_at = 0;
+    for (int f = 0; f < forks; f++) {
+        /* Wait until the threads have done some work since the last fork. */
+        unsigned long target = atomic_load(&busy_ops) + ops_between;
+        while (atomic_load(&busy_ops) < target && atomic_load(&busy_failures) == 0)
+            sched_yield();
+        pid_t pid = fork_plain();
+        if (pid == 0) {
+            if (rounds > 0)
+                child_work(base.mcache_inuse, rounds);
+            else
+                quick_child(base.mcache_inuse);
+            _exit(0);
+        }
+        status = pid < 0 ? -1 : wait_child(pid);
+        if (status == -1 || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+            failed_at = f + 1;
+            break;
+        }
+    }
+    stop_and_join_busy(t);
+    if (failed_at != 0)
+        print_error("fork %d of %d failed\n", failed_at, forks);
+    assert_child_succeeded(status);
+
+    struct mem_stats end = stats_now();
+    assert_stats_invariants(&end);
+    assert_int_equal(end.heap_objects, base.heap_objects);
+    assert_int_equal(end.mcache_inuse, base.mcache_inuse);
+}
+
+static void fork_while_threads_allocate(void **state)
+{
+    (void)state;
+    atomic_store(&busy_light, false);
+    fork_repeatedly(UNDER_VALGRIND() ? 3 : 20, UNDER_VALGRIND() ? 1 : 2, UNDER_VALGRIND() ? 200 : 2000);
+}
+
+/* Many forks with a quick child, the threads doing nothing but small
+ * malloc/free: fork catches them inside the cache fast path as often as
+ * possible. */
+static void many_quick_forks_while_threads_allocate(void **state)
+{
+    (void)state;
+    atomic_store(&busy_light, true);
+    fork_repeatedly(UNDER_VALGRIND() ? 6 : 300, 0, 100);
+}
+
+/* ---- 2 */
+
+static void block_from_before_fork_is_freed_on_both_sides(void **state)
+{
+    (void)state;
+    static const size_t sizes[] = {100, 5000, 200000};
+    enum { K = sizeof(sizes) / sizeof(sizes[0]) };
+    struct mem_stats base = stats_now();
+    void *p[K + 1];
+    for (int k = 0; k < K; k++) {
+        p[k] = spanalloc_malloc(sizes[k]);
+        assert_non_null(p[k]);
+        fill(p[k], sizes[k], (uint64_t)k);
+    }
+    p[K] = spanalloc_aligned_alloc(4096, 3000);
+    assert_non_null(p[K]);
+    fill(p[K], 3000, 99);
+    struct mem_stats before = stats_now();
+    assert_int_equal(before.heap_objects, base.heap_objects + K + 1);
+
+    pid_t pid = fork_plain();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        struct mem_stats c0;
+        read_mem_stats(&c0);
+        child_check_invariants(&c0);
+        CHILD_CHECK_EQ(c0.heap_objects, before.heap_objects);
+        CHILD_CHECK_EQ(c0.heap_alloc, before.heap_alloc);
+        for (int k = 0; k < K; k++) {
+            CHILD_CHECK(intact(p[k], sizes[k], (uint64_t)k));
+            spanalloc_free(p[k]);
+        }
+        CHILD_CHECK(intact(p[K], 3000, 99));
+        spanalloc_free(p[K]);
+        struct mem_stats c1;
+        read_mem_stats(&c1);
+        child_check_invariants(&c1);
+        CHILD_CHECK_EQ(c1.heap_objects, base.heap_objects);
+        CHILD_CHECK_EQ(c1.heap_alloc, base.heap_alloc);
+        /* The freed memory serves the child again. */
+        for (int k = 0; k < K; k++) {
+            void *q = spanalloc_malloc(sizes[k]);
+            CHILD_CHECK(q != NULL);
+            fill(q, sizes[k], 1000 + (uint64_t)k);
+            CHILD_CHECK(intact(q, sizes[k], 1000 + (uint64_t)k));
+            spanalloc_free(q);
+        }
+        free_os_memory();
+        read_mem_stats(&c1);
+        child_check_invariants(&c1);
+        _exit(0);
+    }
+    assert_child_succeeded(wait_child(pid));
+
+    /* The child's frees did not touch the parent's blocks. */
+    for (int k = 0; k < K; k++)
+        assert_true(intact(p[k], sizes[k], (uint64_t)k));
+    assert_true(intact(p[K], 3000, 99));
+    struct mem_stats after_child = stats_now();
+    assert_int_equal(after_child.heap_objects, before.heap_objects);
+    for (int k = 0; k <= K; k++)
+        spanalloc_free(p[k]);
+    struct mem_stats end = stats_now();
+    assert_stats_invariants(&end);
+    assert_int_equal(end.heap_objects, base.heap_objects);
+    assert_int_equal(end.heap_alloc, base.heap_alloc);
+}
+
+/* ---- 3 */
+
+struct fork_from_thread {
+    int status;
+    uint64_t mcache_inuse_one; /* one live cache: the forking thread's */
+};
+
+static void *fork_from_thread(void *arg)
+{
+    struct fork_from_thread *r = arg;
+    sigset_t alrm;
+    sigemptyset(&alrm);
+    sigaddset(&alrm, SIGALRM);
+    pthread_sigmask(SIG_UNBLOCK, &alrm, NULL); /* wait_child's guard is for us */
+    void *mine = spanalloc_malloc(300);
+    fill(mine, 300, 5);
+    pid_t pid = fork_plain();
+    if (pid == 0) {
+        CHILD_CHECK(intact(mine, 300, 5));
+        spanalloc_free(mine);
+        child_work(r->mcache_inuse_one, 1);
+        _exit(0);
+    }
+    r->status = pid < 0 ? -1 : wait_child(pid);
+    spanalloc_free(mine);
+    return NULL;
+}
+
+static void fork_from_a_secondary_thread(void **state)
+{
+    (void)state;
+    /* The main thread holds cached blocks of several classes. */
+    void *held[200];
+    for (int i = 0; i < 200; i++)
+        held[i] = spanalloc_malloc(16 + (size_t)i * 8);
+    for (int i = 0; i < 200; i++)
+        spanalloc_free(held[i]);
+    struct mem_stats base = stats_now();
+
+    /* mcache_inuse counts live caches: the main thread's is one of them. */
+    struct fork_from_thread r = {.status = -1, .mcache_inuse_one = base.mcache_inuse};
+    pthread_t t;
+    sigset_t alrm, old;
+    sigemptyset(&alrm);
+    sigaddset(&alrm, SIGALRM);
+    pthread_sigmask(SIG_BLOCK, &alrm, &old); /* the alarm is for the forking thread */
+    assert_int_equal(pthread_create(&t, NULL, fork_from_thread, &r), 0);
+    assert_int_equal(pthread_join(t, NULL), 0);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    assert_child_succeeded(r.status);
+    struct mem_stats end = stats_now();
+    assert_stats_invariants(&end);
+    assert_int_equal(end.heap_objects, base.heap_objects);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(fork_while_threads_allocate),
+        cmocka_unit_test(many_quick_forks_while_threads_allocate),
+        cmocka_unit_test(block_from_before_fork_is_freed_on_both_sides),
+        cmocka_unit_test(fork_from_a_secondary_thread),
+    };
+    return cmocka_run_group_tests_name("fork", tests, NULL, NULL);
+}
