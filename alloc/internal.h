@@ -304,6 +304,11 @@ bool sa_os_release(void *addr, size_t bytes);
 void sa_os_random(void *buf, size_t len);
 uint64_t sa_os_now_ns(void);
 size_t sa_os_page_size(void);
+/* Background threads: register at start; exit when no other thread runs. */
+void sa_os_register_background_thread(void);
+void sa_os_unregister_background_thread(void);
+void sa_os_forget_background_threads(void);
+bool sa_os_user_threads_alive(void);
 /* Test hooks (internal): fail the next `n` maps; replace the clock. */
 SA_HIDDEN extern _Atomic int sa_os_fail_maps;
 SA_HIDDEN extern uint64_t (*sa_clock_hook)(void);

@@ -91,20 +91,37 @@ uint64_t sa_scavenger_cycle(void)
     return released;
 }
 
+static uint64_t mono_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * NS_PER_S + (uint64_t)ts.tv_nsec;
+}
+
+/* Sleep until the next cycle is due, waking at least once a second to see
+ * whether the program's own threads are all gone (then this thread exits,
+ * so that it never keeps a process alive; see alloc/os.c). */
 static void *scavenger_main(void *arg)
 {
     (void)arg;
+    sa_os_register_background_thread();
+    uint64_t next_cycle = mono_now_ns() + period_ns();
     for (;;) {
-        struct timespec deadline;
-        clock_gettime(CLOCK_MONOTONIC, &deadline);
-        uint64_t ns = (uint64_t)deadline.tv_nsec + period_ns();
-        deadline.tv_sec += (time_t)(ns / NS_PER_S);
-        deadline.tv_nsec = (long)(ns % NS_PER_S);
+        uint64_t now = mono_now_ns();
+        uint64_t wake = next_cycle < now + NS_PER_S ? next_cycle : now + NS_PER_S;
+        struct timespec deadline = {(time_t)(wake / NS_PER_S), (long)(wake % NS_PER_S)};
         pthread_mutex_lock(&scav_lock);
         pthread_cond_timedwait(&scav_wake, &scav_lock, &deadline);
         pthread_mutex_unlock(&scav_lock);
-        sa_scavenger_cycle();
+        if (!sa_os_user_threads_alive())
+            break;
+        if (mono_now_ns() >= next_cycle) {
+            sa_scavenger_cycle();
+            next_cycle = mono_now_ns() + period_ns();
+        }
     }
+    atomic_store(&scav_state, SCAV_OFF);
+    sa_os_unregister_background_thread();
     return NULL;
 }
 
@@ -172,6 +189,7 @@ void sa_scavenger_fork_parent(void)
 void sa_scavenger_fork_child(void)
 {
     pthread_mutex_init(&scav_lock, NULL);
+    sa_os_forget_background_threads();
     if (atomic_load(&scav_state) == SCAV_RUNNING)
         atomic_store(&scav_state, SCAV_START_IN_CHILD);
     atomic_store(&restart_pending, true);

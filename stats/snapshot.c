@@ -240,15 +240,30 @@ static void write_snapshot(void)
 static void *writer_main(void *arg)
 {
     (void)arg;
+    sa_os_register_background_thread();
     uint64_t next = mono_ns(); /* the first snapshot at once */
     for (;;) {
         pthread_mutex_lock(&snap_lock);
+        bool orphaned = false;
         while (!final_request && mono_ns() < next) {
-            struct timespec deadline = to_timespec(next);
+            /* Wake at least once a second: when the program's own threads
+             * are all gone, this thread must not keep the process alive. */
+            uint64_t second = mono_ns() + 1000000000ull;
+            struct timespec deadline = to_timespec(next < second ? next : second);
             pthread_cond_clockwait(&snap_wake, &snap_lock, CLOCK_MONOTONIC, &deadline);
+            pthread_mutex_unlock(&snap_lock);
+            orphaned = !sa_os_user_threads_alive();
+            pthread_mutex_lock(&snap_lock);
+            if (orphaned)
+                break;
         }
         bool final = final_request;
         pthread_mutex_unlock(&snap_lock);
+        if (orphaned && !final) {
+            atomic_store(&snap_state, SNAP_OFF);
+            sa_os_unregister_background_thread();
+            return NULL;
+        }
 
         write_snapshot();
 

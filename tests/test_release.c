@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -227,6 +228,24 @@ static int child_scavenger_race(void)
     return ok ? 0 : 1;
 }
 
+/* Child scenario: start the background threads, then end the main thread
+ * with pthread_exit: the process must end when its last thread does. */
+static void *short_worker(void *arg)
+{
+    (void)arg;
+    for (int i = 0; i < 100; i++)
+        free(malloc(100000));
+    return NULL;
+}
+
+static int child_main_thread_exits(void)
+{
+    free(malloc(1 << 20)); /* the heap grows: the scavenger starts */
+    pthread_t t;
+    pthread_create(&t, NULL, short_worker, NULL);
+    pthread_exit(NULL);
+}
+
 /* Run this binary as `scenario` with extra environment; capture its output. */
 static int run_child(const char *scenario, const char *const env[], char *out, size_t outlen)
 {
@@ -320,6 +339,40 @@ static void scavenger_racing_two_threads_loses_nothing(void **state)
     assert_int_equal(rc, 0);
 }
 
+/* The scavenger and the snapshot writer never keep a process alive. */
+static void background_threads_do_not_outlive_the_program(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/spanalloc-exit-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char file_env[128];
+    snprintf(file_env, sizeof(file_env), "SPANALLOC_STATS_FILE=%s/snap.json", dir);
+    pid_t pid = fork();
+    if (pid == 0) {
+        putenv(file_env);
+        putenv("SPANALLOC_SCAVENGE_IDLE=1s");
+        execl(self_path, self_path, "main-exits", (char *)NULL);
+        _exit(127);
+    }
+    uint64_t start = now_ms();
+    int status = 0;
+    pid_t done = 0;
+    while ((done = waitpid(pid, &status, WNOHANG)) == 0 && now_ms() - start < 15000)
+        usleep(50 * 1000); /* polling the child's state, with a deadline */
+    if (done == 0) {
+        kill(pid, SIGKILL);
+        waitpid(pid, &status, 0);
+        fail_msg("the process did not end 15 s after its last thread exited");
+    }
+    print_message("process ended %.1f s after start\n", (now_ms() - start) / 1000.0);
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 0);
+    char path[160];
+    snprintf(path, sizeof(path), "%s/snap.json", dir);
+    unlink(path);
+    rmdir(dir);
+}
+
 static void mallctl_reports_spanalloc_figures(void **state)
 {
     (void)state;
@@ -386,12 +439,15 @@ int main(int argc, char **argv)
         return child_trace();
     if (argc == 2 && strcmp(argv[1], "scavenger-race") == 0)
         return child_scavenger_race();
+    if (argc == 2 && strcmp(argv[1], "main-exits") == 0)
+        return child_main_thread_exits();
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(free_os_memory_returns_a_burst),
         cmocka_unit_test(scavenger_releases_within_ten_seconds),
         cmocka_unit_test(default_threshold_keeps_idle_memory),
         cmocka_unit_test(trace_lines_agree_with_stats),
         cmocka_unit_test(scavenger_racing_two_threads_loses_nothing),
+        cmocka_unit_test(background_threads_do_not_outlive_the_program),
         cmocka_unit_test(mallctl_reports_spanalloc_figures),
         cmocka_unit_test(nallocx_agrees_with_malloc_usable_size),
     };
