@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# Preload test: Debian's redis-server on the library.  Our own instance on
+# 127.0.0.1 (random free port, no persistence, temp dir): redis-benchmark,
+# DEBUG POPULATE, a fill of REDIS_FILL_MB MiB of values of 256 B .. 128 KiB with
+# a content check, FLUSHALL, PING, then a clean shutdown and the proof (library
+# mapped in the server, stats JSON on its stderr at exit).
+#
+# Usage: redis.sh /path/to/libspanalloc.so
+# Env:   REDIS_FILL_MB (default 1024), REDIS_BENCH_N (default 20000)
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+source "$here/lib.sh"
+pl_init redis "${1:-}"
+pl_need redis-server redis-cli redis-benchmark timeout
+
+FILL_MB=${REDIS_FILL_MB:-1024}
+BENCH_N=${REDIS_BENCH_N:-20000}
+SEED=${REDIS_SEED:-$(( RANDOM * 32768 + RANDOM ))}
+port=$(pl_free_port)
+cli() { timeout 120 redis-cli -h 127.0.0.1 -p "$port" "$@"; }
+
+env LD_PRELOAD="$PL_LIB" SPANALLOC_STATS=json \
+    redis-server --bind 127.0.0.1 --port "$port" --protected-mode yes \
+        --save '' --appendonly no --enable-debug-command yes \
+        --dir "$PL_TMP" --daemonize no --supervised no \
+        --logfile "$PL_TMP/redis.log" \
+    >"$PL_TMP/redis.out" 2>"$PL_TMP/redis.err" </dev/null &
+pid=$!
+pl_at_exit "kill -9 $pid"
+
+fail() { pl_show "$PL_TMP/redis.log"; pl_show "$PL_TMP/redis.err"; pl_fail "$*"; }
+
+pl_wait_port "$port" 30 "$pid" || fail "redis-server did not listen on 127.0.0.1:$port within 30 s"
+[[ "$(cli ping)" == PONG ]] || fail "no PONG after start"
+pl_maps_has_lib "$pid" || fail "$PL_LIB is not mapped in redis-server (pid $pid)"
+
+# 1. redis-benchmark: a few commands, every one must report its rate.
+bench_tests="set,get,incr,lpush,lpop,sadd,hset,zadd,lrange_100,mset"
+timeout 300 redis-benchmark -h 127.0.0.1 -p "$port" -q -n "$BENCH_N" -r 100000 -d 64 \
+    -t "$bench_tests" >"$PL_TMP/bench.out" 2>&1 </dev/null || fail "redis-benchmark failed: $(tail -n 3 "$PL_TMP/bench.out")"
+want=$(tr ',' '\n' <<<"$bench_tests" | wc -l)
+got=$(tr '\r' '\n' <"$PL_TMP/bench.out" | grep -c 'requests per second' || true)
+(( got >= want )) || fail "redis-benchmark reported $got of $want commands: $(tr '\r' '\n' <"$PL_TMP/bench.out" | tail -n 5)"
+setrate=$(tr '\r' '\n' <"$PL_TMP/bench.out" | sed -n 's/^SET: \([0-9.]*\) requests per second.*/\1/p' | tail -n 1)
+kill -0 "$pid" 2>/dev/null || fail "redis-server died during redis-benchmark"
+cli flushall >/dev/null
+
+# 2. Many small objects at once.
+[[ "$(cli debug populate 200000 pop 64)" == OK ]] || fail "DEBUG POPULATE failed"
+[[ "$(cli dbsize)" == 200000 ]] || fail "DBSIZE after DEBUG POPULATE is $(cli dbsize)"
+
+# 3. The big fill: values of 256 B .. 128 KiB, about FILL_MB MiB in all.
+t0=$SECONDS
+"$PL_PY" "$here/redis_fill.py" gen "$FILL_MB" "$SEED" 2>"$PL_TMP/nkeys" \
+    | timeout 600 redis-cli -h 127.0.0.1 -p "$port" --pipe >"$PL_TMP/pipe.out" 2>&1 \
+    || fail "fill failed: $(tail -n 3 "$PL_TMP/pipe.out")"
+t_fill=$(( SECONDS - t0 ))
+nkeys=$(cat "$PL_TMP/nkeys")
+grep -q "errors: 0, replies: $nkeys\$" "$PL_TMP/pipe.out" \
+    || fail "redis-cli --pipe: $(tail -n 1 "$PL_TMP/pipe.out") (expected errors: 0, replies: $nkeys)"
+dbsize=$(cli dbsize)
+(( dbsize == nkeys + 200000 )) || fail "DBSIZE $dbsize after fill, expected $(( nkeys + 200000 ))"
+used_mb=$(( $(cli info memory | tr -d '\r' | sed -n 's/^used_memory://p') / 1048576 ))
+rss_mb=$(( $(cli info memory | tr -d '\r' | sed -n 's/^used_memory_rss://p') / 1048576 ))
+read -r nsample sample_bytes < <("$PL_PY" "$here/redis_fill.py" check "$FILL_MB" "$SEED" "$port" 500) \
+    || fail "content check of sampled values failed (seed $SEED)"
+[[ -n "${nsample:-}" ]] || fail "content check printed nothing (seed $SEED)"
+
+# 4. Drop everything; the server must still answer.
+[[ "$(cli flushall)" == OK ]] || fail "FLUSHALL failed"
+[[ "$(cli ping)" == PONG ]] || fail "no PONG after FLUSHALL"
+[[ "$(cli dbsize)" == 0 ]] || fail "DBSIZE not 0 after FLUSHALL"
+after_mb=$(( $(cli info memory | tr -d '\r' | sed -n 's/^used_memory://p') / 1048576 ))
+
+# 5. Clean shutdown and proof.
+cli shutdown nosave >/dev/null 2>&1 || true
+pl_wait_exit "$pid" 60 || fail "redis-server did not exit within 60 s of SHUTDOWN"
+pl_forget_cleanups
+(( PL_EXIT_STATUS == 0 )) || fail "redis-server exited with status $PL_EXIT_STATUS"
+pl_prove "$PL_TMP/redis.err" last 10000
+
+pl_pass "bench SET ${setrate:-?}/s; filled $nkeys keys (~${FILL_MB} MiB, used_memory ${used_mb} MiB, rss ${rss_mb} MiB) in ${t_fill}s; $nsample values checked; after FLUSHALL used_memory ${after_mb} MiB"
