@@ -56,6 +56,26 @@ bool sa_parse_duration(const char *s, uint64_t *ns)
 }
 
 /* "512M", "2G", "64K", "4096"; binary units. */
+/* "10%" (0..1000) or "off" (0). */
+bool sa_parse_percent(const char *s, uint32_t *pct)
+{
+    if (strcmp(s, "off") == 0 || strcmp(s, "0") == 0) {
+        *pct = 0;
+        return true;
+    }
+    uint32_t v = 0;
+    const char *c = s;
+    for (; *c >= '0' && *c <= '9'; c++) {
+        v = v * 10 + (uint32_t)(*c - '0');
+        if (v > 1000)
+            return false;
+    }
+    if (c == s || c[0] != '%' || c[1] != '\0')
+        return false;
+    *pct = v;
+    return true;
+}
+
 bool sa_parse_bytes(const char *s, uint64_t *bytes)
 {
     char *end;
@@ -99,6 +119,9 @@ static void read_options(void)
     if ((v = getenv("SPANALLOC_MEMORY_LIMIT")) != NULL &&
         !sa_parse_bytes(v, &sa_options.memory_limit))
         warn_option("SPANALLOC_MEMORY_LIMIT", v);
+    if ((v = getenv("SPANALLOC_IDLE_LIMIT")) != NULL &&
+        !sa_parse_percent(v, &sa_options.idle_limit_pct))
+        warn_option("SPANALLOC_IDLE_LIMIT", v);
     if ((v = getenv("SPANALLOC_MADVISE")) != NULL) {
         if (strcmp(v, "free") == 0)
             sa_options.madvise_free = true;

@@ -293,6 +293,8 @@ void sa_mheap_read(struct sa_heap_counters *out);
 /* Release idle pages: spans idle since before `cutoff_ns`, oldest first, until
  * `max_bytes` were released.  Returns bytes released. */
 uint64_t sa_mheap_scavenge(uint64_t cutoff_ns, uint64_t max_bytes);
+/* SPANALLOC_IDLE_LIMIT: resident idle bytes above the limit (0 if none). */
+uint64_t sa_mheap_idle_excess(void);
 void sa_mheap_lock(void);
 void sa_mheap_unlock(void);
 void sa_mheap_fork_child(void);
@@ -317,6 +319,7 @@ SA_HIDDEN extern uint64_t (*sa_clock_hook)(void);
 struct sa_options {
     uint64_t scavenge_idle_ns;  /* SPANALLOC_SCAVENGE_IDLE, default 5 min */
     uint64_t memory_limit;      /* SPANALLOC_MEMORY_LIMIT, 0 = none */
+    uint32_t idle_limit_pct;    /* SPANALLOC_IDLE_LIMIT, % of heap in use; 0 = off */
     bool madvise_free;          /* SPANALLOC_MADVISE=free */
     bool scavenger_enabled;     /* SPANALLOC_SCAVENGER != off */
     bool trace;                 /* SPANALLOC_TRACE=1 */
@@ -335,6 +338,7 @@ static inline void sa_ensure_init(void)
 }
 bool sa_parse_duration(const char *s, uint64_t *ns);
 bool sa_parse_bytes(const char *s, uint64_t *bytes);
+bool sa_parse_percent(const char *s, uint32_t *pct);
 
 /* Report a misuse of the heap on stderr without allocating, then abort. */
 SA_COLD __attribute__((noreturn)) void sa_report(const char *what, const void *ptr,

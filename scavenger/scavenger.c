@@ -9,7 +9,10 @@
  *   - free_os_memory(), which releases every idle span at once;
  *   - the soft memory limit: while heap_sys - heap_released + metadata is
  *     above it, idle spans are released oldest first whatever their age, by
- *     the scavenger and synchronously when the heap grows.
+ *     the scavenger and synchronously when the heap grows;
+ *   - the idle limit (SPANALLOC_IDLE_LIMIT, off by default): resident idle
+ *     memory above a share of the heap in use is released at once, by the
+ *     freeing thread (alloc/mheap.c) and by the scavenger.
  * The mheap does the releasing in bounded chunks without its lock held; this
  * file decides when and how much.
  */
@@ -83,6 +86,7 @@ uint64_t sa_scavenger_cycle(void)
     uint64_t cutoff = now > idle ? now - idle : 0;
     uint64_t released = now > idle ? sa_mheap_scavenge(cutoff, UINT64_MAX) : 0;
     released += enforce_limit();
+    released += sa_mheap_scavenge(UINT64_MAX, sa_mheap_idle_excess());
     uint64_t cycle = atomic_load(&num_scavenges) + 1;
     if (released && sa_options.trace)
         trace_cycle(cycle, released);

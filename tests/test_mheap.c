@@ -180,6 +180,59 @@ static void memory_limit_releases_young_idle_memory(void **state)
     assert_stats_invariants(&st);
 }
 
+/* SPANALLOC_IDLE_LIMIT: past pct% of the heap in use, a free releases the
+ * oldest idle memory at once, down to half the limit; below it, nothing. */
+static void idle_limit_releases_at_free(void **state)
+{
+    (void)state;
+    free_os_memory();
+    struct sa_span *keep = sa_mheap_alloc_large(8192, 1); /* 64 MiB in use */
+    struct sa_span *small = sa_mheap_alloc_large(640, 1); /* 5 MiB */
+    struct sa_span *big = sa_mheap_alloc_large(2048, 1);  /* 16 MiB */
+    touch(keep);
+    touch(small);
+    touch(big);
+    sa_options.idle_limit_pct = 10; /* limit: 6.4 MiB + small's share */
+    struct sa_heap_counters h0 = heap_now();
+
+    /* 5 MiB idle: under the limit (10% of 72 MiB = 7.2 MiB), kept. */
+    sa_mheap_free_large(small);
+    struct sa_heap_counters h1 = heap_now();
+    assert_int_equal(h1.released_pages, h0.released_pages);
+    assert_int_equal(sa_mheap_idle_excess(), 0);
+
+    /* 21 MiB idle against a limit of 6.4 MiB: released down to 3.2 MiB,
+     * the older span (small) first, then chunks of big. */
+    sa_mheap_free_large(big);
+    struct sa_heap_counters h2 = heap_now();
+    uint64_t resident_idle = (h2.sys_bytes >> SA_PAGE_SHIFT) - h2.inuse_pages - h2.released_pages;
+    assert_true(resident_idle <= 8192 * 10 / 100 / 2);
+    assert_true(h2.released_pages >= h1.released_pages + 640 + 2048 - 8192 * 10 / 100 / 2);
+    assert_int_equal(sa_mheap_idle_excess(), 0);
+
+    sa_options.idle_limit_pct = 0;
+    sa_mheap_free_large(keep);
+    struct mem_stats st = stats_now();
+    assert_stats_invariants(&st);
+}
+
+static void idle_limit_option_parses(void **state)
+{
+    (void)state;
+    uint32_t pct = 99;
+    assert_true(sa_parse_percent("10%", &pct));
+    assert_int_equal(pct, 10);
+    assert_true(sa_parse_percent("off", &pct));
+    assert_int_equal(pct, 0);
+    assert_true(sa_parse_percent("250%", &pct));
+    assert_int_equal(pct, 250);
+    assert_false(sa_parse_percent("10", &pct));
+    assert_false(sa_parse_percent("%", &pct));
+    assert_false(sa_parse_percent("10%x", &pct));
+    assert_false(sa_parse_percent("-5%", &pct));
+    assert_false(sa_parse_percent("1001%", &pct));
+}
+
 int main(void)
 {
     sa_clock_hook = fake_clock;
@@ -192,6 +245,8 @@ int main(void)
         cmocka_unit_test(release_accounting_is_exact),
         cmocka_unit_test(big_span_is_released_in_chunks),
         cmocka_unit_test(memory_limit_releases_young_idle_memory),
+        cmocka_unit_test(idle_limit_releases_at_free),
+        cmocka_unit_test(idle_limit_option_parses),
     };
     return cmocka_run_group_tests_name("mheap", tests, NULL, NULL);
 }
