@@ -19,21 +19,24 @@ static inline void *sa_malloc_inline(size_t size)
 }
 
 /* A small block is freed only if it is the start of an object of its span
- * and not already free.  Everything else (a large object, a bad pointer)
- * fails the index check, since only small spans have nelems > 0, and goes
- * out of line, where large objects are freed and bad pointers reported. */
+ * (one multiply, see struct sa_span's free_magic) and not already free.
+ * Everything else goes out of line, where large objects are freed and bad
+ * pointers reported: NULL and addresses above the page map's range (one
+ * compare: ptr - 1 wraps for NULL), pages spanalloc does not own, and
+ * non-small spans, whose free_limit is 0. */
 static inline void sa_free_inline(void *ptr)
 {
-    if (SA_UNLIKELY(ptr == NULL))
+    uintptr_t addr = (uintptr_t)ptr;
+    if (SA_UNLIKELY((addr - 1) >> SA_ADDR_BITS)) {
+        sa_free_not_small(ptr, NULL);
         return;
-    struct sa_span *s = sa_pagemap_lookup((uintptr_t)ptr);
+    }
+    struct sa_span *s = sa_pagemap_lookup_in_range(addr);
     if (SA_UNLIKELY(s == NULL)) {
         sa_free_not_small(ptr, s);
         return;
     }
-    uintptr_t offset = (uintptr_t)ptr - s->base;
-    uint64_t index = ((uint64_t)offset * s->div_magic) >> 32;
-    if (SA_UNLIKELY(index * s->elem_size != offset || index >= s->nelems)) {
+    if (SA_UNLIKELY((uint64_t)(addr - s->base) * s->free_magic >= s->free_limit)) {
         sa_free_not_small(ptr, s);
         return;
     }

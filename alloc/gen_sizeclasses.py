@@ -72,26 +72,20 @@ def main():
     for i, (s, n) in enumerate(cls, 1):
         print("    X(%d, %d, %d) \\" % (i, s, n))
     print("")
-    # Size -> class lookup in two steps of granularity, so that a lookup is
-    # one table load: by 16 B up to 1024 B, by 128 B above.
+    # Size -> class lookup: one byte per 16 B of request size, (size + 15) / 16
+    # indexes it, so the fast path finds a class with one table load (2 KiB).
     def class_of(n):
         for i, (c, _) in enumerate(cls, 1):
             if c >= n:
                 return i
         raise ValueError(n)
-    small = [class_of(max(i * 16, 1)) for i in range(1024 // 16 + 1)]
-    large = [class_of(1024 + i * 128) for i in range((MAX_SMALL - 1024) // 128 + 1)]
     for c, _ in cls:
-        assert c <= 1024 or c % 128 == 0
-    print("#define SA_SIZE_TO_CLASS_16 { \\")
-    for i in range(0, len(small), 16):
-        print("    " + ", ".join(str(x) for x in small[i:i + 16]) + ", \\")
+        assert c % 16 == 0
+    table = [class_of(max(i * 16, 1)) for i in range(MAX_SMALL // 16 + 1)]
+    print("#define SA_SIZE_TO_CLASS { \\")
+    for i in range(0, len(table), 32):
+        print("    " + ", ".join(str(x) for x in table[i:i + 32]) + ", \\")
     print("}")
-    print("#define SA_SIZE_TO_CLASS_128 { \\")
-    for i in range(0, len(large), 16):
-        print("    " + ", ".join(str(x) for x in large[i:i + 16]) + ", \\")
-    print("}")
-
 
 if __name__ == "__main__":
     import io

@@ -44,15 +44,12 @@ _Static_assert(SA_NUM_CLASSES == SPANALLOC_NUM_SIZE_CLASSES, "class count");
 extern const uint32_t sa_class_size[SA_NUM_CLASSES];
 extern const uint32_t sa_class_npages[SA_NUM_CLASSES];
 extern const uint32_t sa_class_magic[SA_NUM_CLASSES];
-extern const uint8_t sa_size_to_class16[1024 / 16 + 1];
-extern const uint8_t sa_size_to_class128[(32768 - 1024) / 128 + 1];
+extern const uint8_t sa_size_to_class[SA_MAX_SMALL / 16 + 1];
 
 /* Class for a small request (size <= SA_MAX_SMALL): one table load. */
 static inline unsigned sa_size_class(size_t size)
 {
-    if (size <= 1024)
-        return sa_size_to_class16[(size + 15) >> 4];
-    return sa_size_to_class128[(size - 1024 + 127) >> 7];
+    return sa_size_to_class[(size + 15) >> 4]; /* size <= SA_MAX_SMALL */
 }
 
 /* ---- Spans (alloc/span.c)
@@ -81,6 +78,15 @@ struct sa_span {
     uint8_t needzero;     /* pages may hold old data (calloc must clear) */
     uint8_t on_list;      /* which list holds it (heap: dirty/clean) */
     uint32_t npages;
+    /* free()'s inline check, Lemire's divisibility test: an offset from base
+     * is the start of an object iff offset * free_magic (mod 2^64) is below
+     * free_limit.  free_magic = ceil(2^64 / elem_size); for an object start
+     * q * elem_size the product is q * e (e = free_magic * elem_size - 2^64,
+     * 0 <= e < elem_size), and any other offset gives at least free_magic,
+     * so free_limit = min(free_magic, nelems * e) also rejects the span's
+     * unusable tail.  Both 0 unless SMALL: everything else goes out of line. */
+    uint64_t free_magic;
+    uint64_t free_limit;
 
     /* Small spans, under their mcentral's lock. */
     uint32_t nelems;      /* objects the span holds; 0 unless SMALL, so that
@@ -124,7 +130,9 @@ struct sa_arena_leaf {
     uint64_t released[SA_PAGES_PER_ARENA / 64]; /* bit per page, heap lock */
 };
 
-extern _Atomic(struct sa_arena_leaf *) sa_pagemap_root[SA_ROOT_ENTRIES];
+/* One entry more than the address range needs, always NULL: the free fast
+ * path's range check (ptr - 1 < 2^47) lets 2^47 itself through. */
+extern _Atomic(struct sa_arena_leaf *) sa_pagemap_root[SA_ROOT_ENTRIES + 1];
 
 static inline struct sa_arena_leaf *sa_pagemap_leaf(uintptr_t addr)
 {
@@ -132,6 +140,17 @@ static inline struct sa_arena_leaf *sa_pagemap_leaf(uintptr_t addr)
         return NULL;
     return atomic_load_explicit(&sa_pagemap_root[addr >> SA_ARENA_SHIFT],
                                 memory_order_acquire);
+}
+
+/* addr <= 2^47 (the caller checked). */
+static inline struct sa_span *sa_pagemap_lookup_in_range(uintptr_t addr)
+{
+    struct sa_arena_leaf *leaf =
+        atomic_load_explicit(&sa_pagemap_root[addr >> SA_ARENA_SHIFT], memory_order_acquire);
+    if (SA_UNLIKELY(leaf == NULL))
+        return NULL;
+    size_t page = (addr >> SA_PAGE_SHIFT) & (SA_PAGES_PER_ARENA - 1);
+    return atomic_load_explicit(&leaf->spans[page], memory_order_acquire);
 }
 
 static inline struct sa_span *sa_pagemap_lookup(uintptr_t addr)
@@ -236,6 +255,10 @@ static inline uint64_t sa_list_frees(struct sa_cache_list *l)
 
 struct sa_mcache {
     struct sa_cache_list lists[SA_NUM_CLASSES];
+    /* Copies of sa_link_key and sa_mark_key: the fast path reaches them from
+     * the cache pointer it already holds (0 in the empty cache, which never
+     * gets that far). */
+    uintptr_t link_key, mark_key;
     struct sa_mcache *reg_next, *reg_prev; /* registry, registry lock */
     pthread_t owner;
 } __attribute__((aligned(64)));

@@ -46,6 +46,8 @@ void *sa_malloc_large(size_t size, size_t align)
  * which sa_checked_span reports (it returns only for valid pointers). */
 void sa_free_not_small(void *ptr, struct sa_span *s)
 {
+    if (ptr == NULL)
+        return;
     if (s != NULL && s->state == SA_SPAN_LARGE && (uintptr_t)ptr == s->base) {
         SA_VG_FREELIKE(ptr);
         sa_mheap_free_large(s);

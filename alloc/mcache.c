@@ -186,6 +186,8 @@ static struct sa_mcache *cache_create(void)
         for (unsigned cls = 1; cls < SA_NUM_CLASSES; cls++)
             c->lists[cls].max = sa_mcache_list_cap(cls);
         c->owner = pthread_self();
+        c->link_key = sa_link_key;
+        c->mark_key = sa_mark_key;
         registry_link(c);
     }
     pthread_mutex_unlock(&registry_lock);

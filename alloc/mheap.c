@@ -381,6 +381,19 @@ static struct sa_span *alloc_locked(size_t npages, size_t align_pages, bool *gre
     return s;
 }
 
+/* free()'s inline check for a small span (see struct sa_span). */
+static void set_free_check(struct sa_span *s)
+{
+    uint64_t magic = UINT64_MAX / s->elem_size + 1;
+    uint64_t e = magic * s->elem_size; /* mod 2^64: the rounding excess */
+    uint64_t tail = ((uint64_t)s->npages << SA_PAGE_SHIFT) - (uint64_t)s->nelems * s->elem_size;
+    s->free_magic = magic;
+    if (e != 0)
+        s->free_limit = (uint64_t)s->nelems * e < magic ? (uint64_t)s->nelems * e : magic;
+    else /* a power of two: an object-aligned tail would pass, so none may exist */
+        s->free_limit = tail == 0 ? magic : 0;
+}
+
 /* Publish an allocated span: every page maps to it. */
 static void publish(struct sa_span *s, unsigned cls)
 {
@@ -390,6 +403,7 @@ static void publish(struct sa_span *s, unsigned cls)
         s->elem_size = sa_class_size[cls];
         s->div_magic = sa_class_magic[cls];
         s->nelems = (uint32_t)((s->npages << SA_PAGE_SHIFT) / s->elem_size);
+        set_free_check(s);
     } else {
         s->state = SA_SPAN_LARGE;
         s->elem_size = (uint32_t)(s->npages << SA_PAGE_SHIFT);
@@ -397,6 +411,7 @@ static void publish(struct sa_span *s, unsigned cls)
             s->elem_size = 0; /* huge: usable size comes from npages */
         s->div_magic = 0;
         s->nelems = 0; /* only small spans have objects free() checks inline */
+        s->free_magic = s->free_limit = 0;
     }
     s->nalloc = s->ncarved = 0;
     s->freelist = NULL;
@@ -439,6 +454,7 @@ static void free_locked(struct sa_span *s)
     s->state = SA_SPAN_FREE;
     s->cls = 0;
     s->nelems = 0; /* a pointer into it fails free()'s inline index check */
+    s->free_limit = 0;
     s->freelist = NULL;
     s->idle_since_ns = sa_os_now_ns();
     s->released_pages = 0;

@@ -12,7 +12,7 @@
  */
 #include "internal.h"
 
-_Atomic(struct sa_arena_leaf *) sa_pagemap_root[SA_ROOT_ENTRIES];
+_Atomic(struct sa_arena_leaf *) sa_pagemap_root[SA_ROOT_ENTRIES + 1];
 static uint64_t leaves_sys_bytes;
 
 static struct sa_arena_leaf *leaf_of(uintptr_t addr)

@@ -21,5 +21,4 @@ const uint32_t sa_class_npages[SA_NUM_CLASSES] = {SA_CLASS_TABLE};
 const uint32_t sa_class_magic[SA_NUM_CLASSES] = {SA_CLASS_TABLE};
 #undef X
 
-const uint8_t sa_size_to_class16[1024 / 16 + 1] = SA_SIZE_TO_CLASS_16;
-const uint8_t sa_size_to_class128[(32768 - 1024) / 128 + 1] = SA_SIZE_TO_CLASS_128;
+const uint8_t sa_size_to_class[SA_MAX_SMALL / 16 + 1] = SA_SIZE_TO_CLASS;

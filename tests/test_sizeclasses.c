@@ -82,6 +82,35 @@ static void division_magic_is_exact(void **state)
     assert_int_equal(wrong, 0);
 }
 
+/* free()'s inline check (one multiply, struct sa_span's free_magic) accepts
+ * exactly the object starts of a small span: no interior pointer, no
+ * pointer into the unusable tail, for every class and every byte offset. */
+static void free_check_accepts_exactly_object_starts(void **state)
+{
+    (void)state;
+    for (unsigned cls = 1; cls < SA_NUM_CLASSES; cls++) {
+        void *p = spanalloc_malloc(sa_class_size[cls]);
+        assert_non_null(p);
+        struct sa_span *s = sa_pagemap_lookup((uintptr_t)p);
+        assert_non_null(s);
+        assert_int_equal(s->cls, cls);
+        uint64_t span_bytes = (uint64_t)s->npages << SA_PAGE_SHIFT;
+        for (uint64_t off = 0; off < span_bytes; off++) {
+            bool accepted = off * s->free_magic < s->free_limit;
+            bool object_start = off % s->elem_size == 0 && off / s->elem_size < s->nelems;
+            if (accepted != object_start)
+                fail_msg("class %u (%u B): offset %llu accepted=%d object_start=%d", cls,
+                         s->elem_size, (unsigned long long)off, accepted, object_start);
+        }
+        spanalloc_free(p);
+    }
+    /* A large object's span is never accepted: it goes out of line. */
+    void *big = spanalloc_malloc(100000);
+    struct sa_span *s = sa_pagemap_lookup((uintptr_t)big);
+    assert_int_equal(s->free_limit, 0);
+    spanalloc_free(big);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -91,6 +120,7 @@ int main(void)
         cmocka_unit_test(span_tail_waste_is_bounded_and_pages_minimal),
         cmocka_unit_test(lookup_gives_smallest_fitting_class),
         cmocka_unit_test(division_magic_is_exact),
+        cmocka_unit_test(free_check_accepts_exactly_object_starts),
     };
     return cmocka_run_group_tests_name("sizeclasses", tests, NULL, NULL);
 }
