@@ -97,7 +97,8 @@ elapsed=$(($(date +%s) - start))
     echo
     echo "$(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) CPUs, kernel $(uname -r); $RUNS runs each," \
         "alternating allocators; median of wall time (s) and peak RSS (MiB) per process;" \
-        "ratios are spanalloc/peer (< 1: spanalloc better). Run took ${elapsed}s."
+        "ratios are spanalloc/peer (< 1: spanalloc better); best peer: the fastest" \
+        "(time) or leanest (RSS) peer of each row. Run took ${elapsed}s."
     echo
     awk -v allocs="${allocs[*]}" -v wls="${workloads[*]}" '
     function median(key,   m, i, j, t, v) {
@@ -118,6 +119,8 @@ elapsed=$(($(date +%s) - start))
         hdr = "| " title " |"; sep = "|---|"
         for (j = 1; j <= na; j++) { hdr = hdr " " A[j] " |"; sep = sep "---:|" }
         if (has_sa) for (j = 2; j <= na; j++) { hdr = hdr " sa/" A[j] " |"; sep = sep "---:|" }
+        if (has_sa && na > 2) { hdr = hdr " best peer | sa/best |"; sep = sep "---|---:|" }
+        bsum = 0; bn = 0
         print hdr; print sep
         for (j = 1; j <= na; j++) { gsum[j] = 0; gn[j] = 0; rsum[j] = 0; rn[j] = 0 }
         for (i = 1; i <= nw; i++) {
@@ -135,11 +138,21 @@ elapsed=$(($(date +%s) - start))
                     line = line " " sprintf("%.2f", r) " |"
                 } else line = line " - |"
             }
+            # The best peer of this row: the fastest (time) or leanest (RSS).
+            if (has_sa && na > 2) {
+                b = 0
+                for (j = 2; j <= na; j++) if (med[j] > 0 && (b == 0 || med[j] < med[b])) b = j
+                if (b && med[1] > 0) {
+                    r = med[1] / med[b]; bsum += log(r); bn++
+                    line = line " " A[b] " |" sprintf(" %.2f", r) " |"
+                } else line = line " - | - |"
+            }
             print line
         }
         line = "| **geomean** |"
         for (j = 1; j <= na; j++) line = line " " (gn[j] ? sprintf(fmt, exp(gsum[j] / gn[j])) : "-") " |"
         if (has_sa) for (j = 2; j <= na; j++) line = line " **" (rn[j] ? sprintf("%.2f", exp(rsum[j] / rn[j])) : "-") "** |"
+        if (has_sa && na > 2) line = line " | **" (bn ? sprintf("%.2f", exp(bsum / bn)) : "-") "** |"
         print line
         print ""
     }
