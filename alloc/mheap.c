@@ -226,9 +226,30 @@ static void coalesce_and_insert(struct sa_span *s)
     free_lists_insert(s);
 }
 
+/* Released pages among npages of free span s starting at base: no bitmap
+ * walk when s is all resident or all released (the common cases). */
+static uint32_t released_in(const struct sa_span *s, uintptr_t base, size_t npages)
+{
+    if (s->released_pages == 0)
+        return 0;
+    if (s->released_pages == s->npages)
+        return (uint32_t)npages;
+    return (uint32_t)sa_pagemap_count_released(base, npages);
+}
+
 /* Split the first `npages` off a detached free span; the rest becomes a new
  * free span inserted into the lists.  Returns false if no record was free. */
+static bool split_free_tail_counted(struct sa_span *s, size_t npages, uint32_t kept_released);
+
 static bool split_free_tail(struct sa_span *s, size_t npages)
+{
+    if (s->npages == npages)
+        return true;
+    return split_free_tail_counted(s, npages, released_in(s, s->base, npages));
+}
+
+/* split_free_tail, the released pages among the first npages known. */
+static bool split_free_tail_counted(struct sa_span *s, size_t npages, uint32_t kept_released)
 {
     if (s->npages == npages)
         return true;
@@ -239,9 +260,8 @@ static bool split_free_tail(struct sa_span *s, size_t npages)
     rest->npages = s->npages - (uint32_t)npages;
     rest->state = SA_SPAN_FREE;
     rest->idle_since_ns = s->idle_since_ns;
-    /* Count the piece kept (usually the smaller), not the rest: a 64 MiB
+    /* The piece kept (usually the smaller) is counted, not the rest: a 64 MiB
      * remainder would otherwise be counted on every split. */
-    uint32_t kept_released = (uint32_t)sa_pagemap_count_released(s->base, npages);
     rest->released_pages = s->released_pages - kept_released;
     s->npages = (uint32_t)npages;
     s->released_pages = kept_released;
@@ -273,12 +293,13 @@ static bool keep_tail(struct sa_span *s, size_t npages, uint32_t tail_released)
  * released end would fault fresh pages in and leave resident ones idle. */
 static bool carve(struct sa_span *s, size_t npages)
 {
-    if (s->npages > npages && s->released_pages > 0) {
+    if (s->npages > npages && s->released_pages > 0 && s->released_pages < s->npages) {
         uint32_t head = (uint32_t)sa_pagemap_count_released(s->base, npages);
         uint32_t tail = (uint32_t)sa_pagemap_count_released(
             span_end(s) - (npages << SA_PAGE_SHIFT), npages);
         if (tail < head)
             return keep_tail(s, npages, tail);
+        return split_free_tail_counted(s, npages, head);
     }
     return split_free_tail(s, npages);
 }
@@ -332,9 +353,10 @@ static bool trim_lead(struct sa_span *s, size_t lead)
     struct sa_span *head = sa_span_record_new();
     if (head == NULL)
         return false;
+    uint32_t lead_released = released_in(s, s->base, lead);
     *head = *s;
     head->npages = (uint32_t)lead;
-    head->released_pages = (uint32_t)sa_pagemap_count_released(head->base, lead);
+    head->released_pages = lead_released;
     s->base += lead << SA_PAGE_SHIFT;
     s->npages -= (uint32_t)lead;
     s->released_pages -= head->released_pages;
@@ -369,7 +391,14 @@ static struct sa_span *alloc_locked(size_t npages, size_t align_pages, bool *gre
         free_lists_insert(s);
         return NULL;
     }
-    uint32_t released = (uint32_t)sa_pagemap_count_released(s->base, s->npages);
+    /* Exact: every split and merge keeps released_pages equal to the bitmap's
+     * count (checked in unoptimised builds, such as the ASan test build). */
+    uint32_t released = s->released_pages;
+#ifndef __OPTIMIZE__
+    if (released != sa_pagemap_count_released(s->base, s->npages))
+        sa_report("heap accounting: released_pages disagrees with the bitmap",
+                  (void *)s->base, s);
+#endif
     if (released) {
         sa_pagemap_mark_released(s->base, s->npages, false);
         counters.released_pages -= released;

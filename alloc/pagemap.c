@@ -81,6 +81,16 @@ static uint64_t run_mask(size_t first, size_t count)
     return hi << first;
 }
 
+/* Bits set in x, without a libgcc call: the baseline x86-64 target has no
+ * popcnt instruction. */
+static inline unsigned bits_set(uint64_t x)
+{
+    x = x - ((x >> 1) & 0x5555555555555555ull);
+    x = (x & 0x3333333333333333ull) + ((x >> 2) & 0x3333333333333333ull);
+    x = (x + (x >> 4)) & 0x0f0f0f0f0f0f0f0full;
+    return (unsigned)((x * 0x0101010101010101ull) >> 56);
+}
+
 size_t sa_pagemap_count_released(uintptr_t base, size_t npages)
 {
     size_t total = 0;
@@ -89,7 +99,7 @@ size_t sa_pagemap_count_released(uintptr_t base, size_t npages)
         size_t first, count = leaf_run(base, npages, &leaf, &first);
         for (size_t i = first, end = first + count; i < end;) {
             size_t bit = i & 63, n = (64 - bit) < (end - i) ? 64 - bit : end - i;
-            total += (size_t)__builtin_popcountll(leaf->released[i >> 6] & run_mask(bit, n));
+            total += bits_set(leaf->released[i >> 6] & run_mask(bit, n));
             i += n;
         }
         base += count << SA_PAGE_SHIFT;
