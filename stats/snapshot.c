@@ -42,7 +42,7 @@ enum { SNAP_OFF = 0, SNAP_RUNNING, SNAP_START_IN_CHILD };
 
 static _Atomic int snap_state;
 static pthread_mutex_t snap_lock = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t snap_wake = PTHREAD_COND_INITIALIZER; /* waits: CLOCK_MONOTONIC */
+static pthread_cond_t snap_wake = PTHREAD_COND_INITIALIZER; /* CLOCK_MONOTONIC once started */
 static pthread_cond_t snap_done = PTHREAD_COND_INITIALIZER;
 static bool final_request, final_done; /* snap_lock */
 
@@ -250,7 +250,7 @@ static void *writer_main(void *arg)
              * are all gone, this thread must not keep the process alive. */
             uint64_t second = mono_ns() + 1000000000ull;
             struct timespec deadline = to_timespec(next < second ? next : second);
-            pthread_cond_clockwait(&snap_wake, &snap_lock, CLOCK_MONOTONIC, &deadline);
+            pthread_cond_timedwait(&snap_wake, &snap_lock, &deadline);
             pthread_mutex_unlock(&snap_lock);
             orphaned = !sa_os_user_threads_alive();
             pthread_mutex_lock(&snap_lock);
@@ -306,10 +306,24 @@ static bool prepare_path(void)
     return true;
 }
 
+/* Both conditions wait on CLOCK_MONOTONIC (pthread_cond_timedwait with a
+ * clock attribute, not the newer pthread_cond_clockwait, which older libcs
+ * and ThreadSanitizer do not know).  Called before the writer exists. */
+static void init_conditions(void)
+{
+    pthread_condattr_t attr;
+    pthread_condattr_init(&attr);
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    pthread_cond_init(&snap_wake, &attr);
+    pthread_cond_init(&snap_done, &attr);
+    pthread_condattr_destroy(&attr);
+}
+
 static bool start_thread(void)
 {
     if (!prepare_path())
         return false;
+    init_conditions();
     /* The thread must take none of the program's signals. */
     sigset_t all, old;
     sigfillset(&all);
@@ -342,8 +356,7 @@ void sa_snapshot_on_grow(void)
 void sa_snapshot_fork_child(void)
 {
     pthread_mutex_init(&snap_lock, NULL);
-    pthread_cond_init(&snap_wake, NULL);
-    pthread_cond_init(&snap_done, NULL);
+    init_conditions();
     final_request = final_done = false;
     if (atomic_load(&snap_state) == SNAP_RUNNING)
         atomic_store(&snap_state, SNAP_START_IN_CHILD);
@@ -359,13 +372,18 @@ __attribute__((destructor)) static void snapshot_at_exit(void)
 {
     if (atomic_load(&snap_state) != SNAP_RUNNING)
         return;
+    /* pthread_mutex_timedlock counts on CLOCK_REALTIME; a clock step during
+     * the wait only shortens or lengthens it. */
+    struct timespec now_real;
+    clock_gettime(CLOCK_REALTIME, &now_real);
+    struct timespec lock_deadline = to_timespec((uint64_t)now_real.tv_sec * NS_PER_S +
+                                                (uint64_t)now_real.tv_nsec + EXIT_WAIT_NS);
     struct timespec deadline = to_timespec(mono_ns() + EXIT_WAIT_NS);
-    if (pthread_mutex_clocklock(&snap_lock, CLOCK_MONOTONIC, &deadline) != 0)
+    if (pthread_mutex_timedlock(&snap_lock, &lock_deadline) != 0)
         return;
     final_request = true;
     pthread_cond_signal(&snap_wake);
-    while (!final_done &&
-           pthread_cond_clockwait(&snap_done, &snap_lock, CLOCK_MONOTONIC, &deadline) == 0)
+    while (!final_done && pthread_cond_timedwait(&snap_done, &snap_lock, &deadline) == 0)
         ;
     pthread_mutex_unlock(&snap_lock);
 }

@@ -2,11 +2,12 @@
 # tests/run.sh: install what the tests need, build, run every test pass, and
 # print the totals as the last line: "N passed, N failed".
 #
-# Passes (choose with SPANALLOC_TEST_PASSES, default "unit asan valgrind preload fuzz"):
+# Passes (choose with SPANALLOC_TEST_PASSES, default "unit asan tsan valgrind preload fuzz"):
 #   unit      meson test --suite unit, plus the suites 'generated' (the size
 #             class table matches its generator) and 'valgrind-planted'
 #             (memcheck reports a planted leak and use-after-free), in build/
 #   asan      meson test --suite unit in build-asan/ (clang, ASan+UBSan, debug)
+#   tsan      meson test --suite unit in build-tsan/ (clang, ThreadSanitizer, debug)
 #   valgrind  meson test --suite unit in build/ under valgrind memcheck
 #             (the 'valgrind' test setup if the project defines one)
 #   preload   meson test --suite preload in build/ (real programs preloaded)
@@ -20,23 +21,24 @@ set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 if [[ -x /usr/bin/python3 ]]; then PY=/usr/bin/python3; else PY=python3; fi
 ROOT=$PWD
-PASSES=${SPANALLOC_TEST_PASSES:-"unit asan valgrind preload fuzz"}
+PASSES=${SPANALLOC_TEST_PASSES:-"unit asan tsan valgrind preload fuzz"}
 BUILD=${SPANALLOC_BUILD_DIR:-build}
 BUILD_ASAN=${SPANALLOC_ASAN_BUILD_DIR:-build-asan}
+BUILD_TSAN=${SPANALLOC_TSAN_BUILD_DIR:-build-tsan}
 export DEBIAN_FRONTEND=noninteractive
 
 has_pass() { [[ " $PASSES " == *" $1 "* ]]; }
 say() { printf '\n=== %s ===\n' "$*"; }
 
 for p in $PASSES; do
-    case $p in unit|asan|valgrind|preload|fuzz) ;; *)
-        echo "tests/run.sh: unknown pass '$p' (known: unit asan valgrind preload fuzz)" >&2; exit 2 ;;
+    case $p in unit|asan|tsan|valgrind|preload|fuzz) ;; *)
+        echo "tests/run.sh: unknown pass '$p' (known: unit asan tsan valgrind preload fuzz)" >&2; exit 2 ;;
     esac
 done
 
 # ---------------------------------------------------------------- packages --
 pkgs=(meson ninja-build gcc g++ pkg-config libcmocka-dev libbenchmark-dev python3 valgrind prometheus)
-{ has_pass asan || has_pass fuzz; } && pkgs+=(clang libclang-rt-14-dev)
+{ has_pass asan || has_pass tsan || has_pass fuzz; } && pkgs+=(clang libclang-rt-14-dev)
 has_pass preload && pkgs+=(redis-server redis-tools sqlite3 libpython3.11-testsuite python3.11 wrk curl)
 
 installed() { [[ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" == "install ok installed" ]]; }
@@ -116,6 +118,10 @@ if has_pass asan; then
         -Db_sanitize=address,undefined -Db_lundef=false \
         -Dc_args=-fno-sanitize-recover=all -Dcpp_args=-fno-sanitize-recover=all
 fi
+if has_pass tsan; then
+    build "$BUILD_TSAN" CC=clang CXX=clang++ -- --buildtype=debug \
+        -Db_sanitize=thread -Db_lundef=false
+fi
 
 # ------------------------------------------------------------------ passes --
 total_pass=0 total_fail=0 total_skip=0
@@ -182,6 +188,9 @@ if has_pass unit; then
 fi
 if has_pass asan; then
     run_pass asan "$BUILD_ASAN" --suite unit
+fi
+if has_pass tsan; then
+    run_pass tsan "$BUILD_TSAN" --suite unit
 fi
 if has_pass valgrind; then
     if [[ "${build_ok[$BUILD]:-0}" == 1 ]] &&

@@ -30,10 +30,11 @@
 void free_sized(void *ptr, size_t size);
 void free_aligned_sized(void *ptr, size_t alignment, size_t size);
 
-#if defined(__SANITIZE_ADDRESS__)
+/* ASan and TSan bring their own malloc, which the process calls instead. */
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
 #define ASAN_BUILD 1
 #elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
 #define ASAN_BUILD 1
 #endif
 #endif
