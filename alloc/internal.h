@@ -312,6 +312,7 @@ struct sa_span *sa_mheap_alloc(size_t npages, size_t align_pages, unsigned cls, 
 void sa_mheap_free(struct sa_span *s);
 struct sa_span *sa_mheap_alloc_large(size_t npages, size_t align_pages);
 void sa_mheap_free_large(struct sa_span *s);
+bool sa_mheap_grow_large(struct sa_span *s, size_t npages); /* in place, or false */
 void sa_mheap_read(struct sa_heap_counters *out);
 /* Release idle pages: spans idle since before `cutoff_ns`, oldest first, until
  * `max_bytes` were released.  Returns bytes released. */

@@ -146,6 +146,11 @@ void *spanalloc_realloc(void *ptr, size_t size)
     /* Keep the block while the new size fits and wastes at most half. */
     if (size <= usable && size >= usable / 2)
         return ptr;
+    /* A large block grows in place into a free span that follows it (not
+     * under memcheck, whose record of the block's size would go stale). */
+    if (s->state == SA_SPAN_LARGE && size > usable && size <= SA_MAX_REQUEST && !sa_on_valgrind &&
+        sa_mheap_grow_large(s, (size + SA_PAGE_SIZE - 1) >> SA_PAGE_SHIFT))
+        return ptr;
     void *fresh = sa_malloc_inline(size);
     if (fresh == NULL)
         return NULL; /* the old block stays valid, as C requires */

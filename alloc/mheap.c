@@ -365,6 +365,27 @@ static bool trim_lead(struct sa_span *s, size_t lead)
     return true;
 }
 
+/* A detached free span is about to be used: its released pages count as
+ * taken back.  needzero says whether any page may hold old data. */
+static void take_released(struct sa_span *s)
+{
+    /* Exact: every split and merge keeps released_pages equal to the bitmap's
+     * count (checked in unoptimised builds, such as the ASan test build). */
+    uint32_t released = s->released_pages;
+#ifndef __OPTIMIZE__
+    if (released != sa_pagemap_count_released(s->base, s->npages))
+        sa_report("heap accounting: released_pages disagrees with the bitmap",
+                  (void *)s->base, s);
+#endif
+    if (released) {
+        sa_pagemap_mark_released(s->base, s->npages, false);
+        counters.released_pages -= released;
+        counters.reacquired_total += (uint64_t)released << SA_PAGE_SHIFT;
+    }
+    s->needzero = released < s->npages;
+    s->released_pages = 0;
+}
+
 static struct sa_span *alloc_locked(size_t npages, size_t align_pages, bool *grew)
 {
     size_t want = npages + (align_pages > 1 ? align_pages - 1 : 0);
@@ -391,21 +412,7 @@ static struct sa_span *alloc_locked(size_t npages, size_t align_pages, bool *gre
         free_lists_insert(s);
         return NULL;
     }
-    /* Exact: every split and merge keeps released_pages equal to the bitmap's
-     * count (checked in unoptimised builds, such as the ASan test build). */
-    uint32_t released = s->released_pages;
-#ifndef __OPTIMIZE__
-    if (released != sa_pagemap_count_released(s->base, s->npages))
-        sa_report("heap accounting: released_pages disagrees with the bitmap",
-                  (void *)s->base, s);
-#endif
-    if (released) {
-        sa_pagemap_mark_released(s->base, s->npages, false);
-        counters.released_pages -= released;
-        counters.reacquired_total += (uint64_t)released << SA_PAGE_SHIFT;
-    }
-    s->needzero = released < s->npages;
-    s->released_pages = 0;
+    take_released(s);
     counters.inuse_pages += s->npages;
     return s;
 }
@@ -471,6 +478,41 @@ struct sa_span *sa_mheap_alloc_large(size_t npages, size_t align_pages)
         sa_scavenger_on_grow();
     sa_scavenger_poke();
     return s;
+}
+
+/* Grow a large span in place to npages by taking the start of the free span
+ * that follows it, when that one is big enough (realloc's growth without a
+ * copy).  The pages taken are accounted as an allocation would account them.
+ * Returns false, changing nothing, when the neighbour is not free, too small,
+ * or no span record is left to split it. */
+bool sa_mheap_grow_large(struct sa_span *s, size_t npages)
+{
+    if (npages > UINT32_MAX)
+        return false;
+    pthread_mutex_lock(&heap_lock);
+    bool grown = false;
+    size_t extra = npages > s->npages ? npages - s->npages : 0;
+    struct sa_span *next = s->state == SA_SPAN_LARGE && extra > 0 ? free_neighbour(span_end(s)) : NULL;
+    if (next != NULL && next->base == span_end(s) && next->npages >= extra) {
+        free_lists_remove(next);
+        if (split_free_tail(next, extra)) {
+            take_released(next);
+            counters.inuse_pages += extra;
+            counters.large_alloc_bytes += (uint64_t)extra << SA_PAGE_SHIFT;
+            counters.large_total_alloc += (uint64_t)extra << SA_PAGE_SHIFT;
+            uintptr_t old_end = span_end(s);
+            s->npages = (uint32_t)npages;
+            s->elem_size = npages << SA_PAGE_SHIFT > UINT32_MAX ? 0 : (uint32_t)(npages << SA_PAGE_SHIFT);
+            sa_pagemap_set(old_end, extra, s);
+            sa_span_record_free(next);
+            grown = true;
+        } else {
+            map_free_span(next);
+            free_lists_insert(next);
+        }
+    }
+    pthread_mutex_unlock(&heap_lock);
+    return grown;
 }
 
 /* ---- Freeing */

@@ -369,6 +369,41 @@ static void realloc_keeps_content_across_small_and_large(void **state)
     spanalloc_free(p);
 }
 
+/* A large block whose following pages are free grows in place: same
+ * pointer, content kept, and it can be written to its new usable size. */
+static void large_realloc_grows_in_place_when_the_next_pages_are_free(void **state)
+{
+    (void)state;
+    if (UNDER_VALGRIND())
+        skip(); /* growth in place is off under memcheck */
+    unsigned char *a = NULL, *held[64];
+    int n = 0;
+    unsigned char *prev = spanalloc_malloc(65536);
+    for (int i = 0; i < 64 && a == NULL; i++) {
+        unsigned char *next = spanalloc_malloc(65536);
+        assert_non_null(next);
+        if (next == prev + 65536) {
+            a = prev;
+            spanalloc_free(next); /* the pages after a are free now */
+        } else {
+            held[n++] = prev;
+            prev = next;
+        }
+    }
+    assert_non_null(a);
+    for (size_t k = 0; k < 65536; k++)
+        a[k] = (unsigned char)(k * 7);
+    unsigned char *g = spanalloc_realloc(a, 100000);
+    assert_ptr_equal(g, a);
+    assert_true(spanalloc_usable_size(g) >= 100000);
+    for (size_t k = 0; k < 65536; k++)
+        assert_int_equal(g[k], (unsigned char)(k * 7));
+    memset(g + 65536, 0x5a, spanalloc_usable_size(g) - 65536);
+    spanalloc_free(g);
+    for (int k = 0; k < n; k++)
+        spanalloc_free(held[k]);
+}
+
 static void failed_realloc_leaves_the_block_intact(void **state)
 {
     (void)state;
@@ -676,6 +711,7 @@ int main(void)
         cmocka_unit_test(realloc_to_zero_frees_and_returns_null),
         cmocka_unit_test(realloc_keeps_content_across_small_and_large),
         cmocka_unit_test(failed_realloc_leaves_the_block_intact),
+        cmocka_unit_test(large_realloc_grows_in_place_when_the_next_pages_are_free),
         cmocka_unit_test(posix_memalign_rejects_bad_alignments),
         cmocka_unit_test(posix_memalign_aligns_every_power_of_two),
         cmocka_unit_test(posix_memalign_of_impossible_sizes_fails_with_enomem),

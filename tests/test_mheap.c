@@ -233,6 +233,69 @@ static void idle_limit_option_parses(void **state)
     assert_false(sa_parse_percent("1001%", &pct));
 }
 
+/* Two 8-page large spans, the second right after the first (carving one
+ * free span from its start gives adjacent pieces; a few tries find them). */
+static void adjacent_pair(struct sa_span **a, struct sa_span **b)
+{
+    struct sa_span *prev = sa_mheap_alloc_large(8, 1), *held[64];
+    int n = 0;
+    for (int i = 0; i < 64; i++) {
+        struct sa_span *next = sa_mheap_alloc_large(8, 1);
+        assert_non_null(next);
+        if (next->base == prev->base + 8 * SA_PAGE_SIZE) {
+            *a = prev;
+            *b = next;
+            for (int k = 0; k < n; k++)
+                sa_mheap_free_large(held[k]);
+            return;
+        }
+        held[n++] = prev;
+        prev = next;
+    }
+    fail_msg("no two adjacent 8-page spans in 64 tries");
+}
+
+/* realloc's growth in place: a large span takes the start of the free span
+ * after it, accounted exactly; a neighbour in use, or too small, refuses. */
+static void large_span_grows_into_free_neighbour(void **state)
+{
+    (void)state;
+    struct sa_span *a = NULL, *b = NULL;
+    adjacent_pair(&a, &b);
+    uintptr_t a_base = a->base;
+    touch(a);
+    assert_false(sa_mheap_grow_large(a, 12)); /* b is in use */
+
+    sa_mheap_free_large(b);
+    struct sa_span *after = sa_pagemap_lookup(a_base + 8 * SA_PAGE_SIZE);
+    assert_int_equal(after->state, SA_SPAN_FREE);
+    size_t room = 8 + after->npages;
+    assert_false(sa_mheap_grow_large(a, room + 1)); /* the free neighbour is too small */
+
+    struct mem_stats before = stats_now();
+    assert_true(sa_mheap_grow_large(a, 12));
+    assert_int_equal(a->base, a_base);
+    assert_int_equal(a->npages, 12);
+    assert_int_equal(a->state, SA_SPAN_LARGE);
+    for (size_t pg = 0; pg < 12; pg++)
+        assert_ptr_equal(sa_pagemap_lookup(a_base + pg * SA_PAGE_SIZE), a);
+    struct sa_span *rest = sa_pagemap_lookup(a_base + 12 * SA_PAGE_SIZE);
+    if (room > 12) {
+        assert_int_equal(rest->state, SA_SPAN_FREE);
+        assert_int_equal(rest->npages, room - 12);
+    }
+    struct mem_stats grown = stats_now();
+    assert_stats_invariants(&grown);
+    assert_int_equal(grown.heap_inuse, before.heap_inuse + 4 * SA_PAGE_SIZE);
+    assert_int_equal(grown.heap_alloc, before.heap_alloc + 4 * SA_PAGE_SIZE);
+    assert_int_equal(grown.heap_sys, before.heap_sys);
+    touch(a); /* every page of the grown span is usable */
+    sa_mheap_free_large(a);
+    struct mem_stats end = stats_now();
+    assert_stats_invariants(&end);
+    assert_int_equal(end.heap_inuse, before.heap_inuse - 8 * SA_PAGE_SIZE);
+}
+
 int main(void)
 {
     sa_clock_hook = fake_clock;
@@ -247,6 +310,7 @@ int main(void)
         cmocka_unit_test(memory_limit_releases_young_idle_memory),
         cmocka_unit_test(idle_limit_releases_at_free),
         cmocka_unit_test(idle_limit_option_parses),
+        cmocka_unit_test(large_span_grows_into_free_neighbour),
     };
     return cmocka_run_group_tests_name("mheap", tests, NULL, NULL);
 }
