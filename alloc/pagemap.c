@@ -59,8 +59,15 @@ void sa_pagemap_set_page(uintptr_t addr, struct sa_span *s)
 
 void sa_pagemap_set(uintptr_t base, size_t npages, struct sa_span *s)
 {
-    for (size_t i = 0; i < npages; i++)
-        sa_pagemap_set_page(base + (i << SA_PAGE_SHIFT), s);
+    while (npages > 0) { /* a leaf at a time: a run may cross into the next */
+        struct sa_arena_leaf *leaf = leaf_of(base);
+        size_t first = page_in_leaf(base);
+        size_t count = SA_PAGES_PER_ARENA - first < npages ? SA_PAGES_PER_ARENA - first : npages;
+        for (size_t i = first; i < first + count; i++)
+            atomic_store_explicit(&leaf->spans[i], s, memory_order_release);
+        base += count << SA_PAGE_SHIFT;
+        npages -= count;
+    }
 }
 
 /* The released bitmap is walked a leaf at a time: a run of pages may cross
@@ -93,6 +100,10 @@ static inline unsigned bits_set(uint64_t x)
 
 size_t sa_pagemap_count_released(uintptr_t base, size_t npages)
 {
+    size_t first_page = page_in_leaf(base);
+    if (npages > 0 && npages <= 64 - (first_page & 63)) /* one word: the common case */
+        return bits_set(leaf_of(base)->released[first_page >> 6] &
+                        run_mask(first_page & 63, npages));
     size_t total = 0;
     while (npages > 0) {
         struct sa_arena_leaf *leaf;
