@@ -62,6 +62,7 @@ enum sa_span_state {
     SA_SPAN_SMALL,        /* carved into objects of one size class */
     SA_SPAN_LARGE,        /* one object larger than SA_MAX_SMALL */
     SA_SPAN_SCAVENGING,   /* idle, detached while its pages are released */
+    SA_SPAN_CACHED,       /* a freed large span kept whole for reuse */
 };
 
 struct sa_span {
@@ -313,6 +314,11 @@ void sa_mheap_free(struct sa_span *s);
 struct sa_span *sa_mheap_alloc_large(size_t npages, size_t align_pages);
 void sa_mheap_free_large(struct sa_span *s);
 bool sa_mheap_grow_large(struct sa_span *s, size_t npages); /* in place, or false */
+/* The large-span cache (malloc.c's large objects): free keeps a small span
+ * whole, or frees it as sa_mheap_free_large; take returns one of exactly
+ * npages, or NULL. */
+void sa_mheap_free_large_cached(struct sa_span *s);
+struct sa_span *sa_mheap_take_cached(size_t npages);
 void sa_mheap_read(struct sa_heap_counters *out);
 /* Release idle pages: spans idle since before `cutoff_ns`, oldest first, until
  * `max_bytes` were released.  Returns bytes released. */

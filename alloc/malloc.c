@@ -33,7 +33,10 @@ void *sa_malloc_large(size_t size, size_t align)
     }
     size_t npages = (size + SA_PAGE_SIZE - 1) >> SA_PAGE_SHIFT;
     size_t align_pages = align > SA_PAGE_SIZE ? align >> SA_PAGE_SHIFT : 1;
-    struct sa_span *s = sa_mheap_alloc_large(npages ? npages : 1, align_pages);
+    npages = npages ? npages : 1;
+    struct sa_span *s = align_pages == 1 ? sa_mheap_take_cached(npages) : NULL;
+    if (s == NULL)
+        s = sa_mheap_alloc_large(npages, align_pages);
     if (s == NULL) {
         errno = ENOMEM;
         return NULL;
@@ -50,7 +53,7 @@ void sa_free_not_small(void *ptr, struct sa_span *s)
         return;
     if (s != NULL && s->state == SA_SPAN_LARGE && (uintptr_t)ptr == s->base) {
         SA_VG_FREELIKE(ptr);
-        sa_mheap_free_large(s);
+        sa_mheap_free_large_cached(s);
         return;
     }
     sa_checked_span(ptr, "free");

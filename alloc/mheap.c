@@ -597,6 +597,83 @@ void sa_mheap_free_large(struct sa_span *s)
     enforce_idle_limit(excess);
 }
 
+/* ---- The large-span cache
+ *
+ * Freeing a large span and allocating one of the same size again costs a
+ * merge, a split, free-list updates and page-map writes.  Spans of up to
+ * LARGE_CACHE_SPAN_PAGES are kept whole instead, a few at a time, and handed
+ * out again for a request of exactly their size: the page map still points at
+ * them.  A cached span stays counted in heap_inuse (like a span cached for a
+ * size class; heap_alloc no longer counts it), is never released while
+ * cached, and every scavenge (the background cycle, free_os_memory, the
+ * limits) empties the cache first, so nothing stays there past one scavenger
+ * period.  A free of a cached span's address finds state CACHED: a double
+ * free, reported. */
+#define LARGE_CACHE_SLOTS 16
+#define LARGE_CACHE_SPAN_PAGES 32   /* 256 KiB */
+#define LARGE_CACHE_TOTAL_PAGES 512 /* 4 MiB */
+
+static struct sa_span *large_cache[LARGE_CACHE_SLOTS]; /* heap lock */
+static unsigned large_cache_n;
+static size_t large_cache_pages;
+
+static void count_large_free(struct sa_span *s)
+{
+    counters.large_frees++;
+    counters.large_alloc_bytes -= (uint64_t)s->npages << SA_PAGE_SHIFT;
+}
+
+void sa_mheap_free_large_cached(struct sa_span *s)
+{
+    pthread_mutex_lock(&heap_lock);
+    if (s->state != SA_SPAN_LARGE) { /* lost a race with another free of it */
+        pthread_mutex_unlock(&heap_lock);
+        sa_report("free: block already freed (double free)", (void *)s->base, NULL);
+    }
+    if (s->npages <= LARGE_CACHE_SPAN_PAGES && large_cache_n < LARGE_CACHE_SLOTS &&
+        large_cache_pages + s->npages <= LARGE_CACHE_TOTAL_PAGES) {
+        count_large_free(s);
+        s->state = SA_SPAN_CACHED;
+        large_cache[large_cache_n++] = s;
+        large_cache_pages += s->npages;
+        pthread_mutex_unlock(&heap_lock);
+        return;
+    }
+    pthread_mutex_unlock(&heap_lock);
+    sa_mheap_free_large(s);
+}
+
+struct sa_span *sa_mheap_take_cached(size_t npages)
+{
+    struct sa_span *s = NULL;
+    pthread_mutex_lock(&heap_lock);
+    for (unsigned i = large_cache_n; i-- > 0;) { /* newest first: warmest */
+        if (large_cache[i]->npages != npages)
+            continue;
+        s = large_cache[i];
+        large_cache[i] = large_cache[--large_cache_n];
+        large_cache_pages -= npages;
+        s->state = SA_SPAN_LARGE;
+        s->needzero = 1;
+        counters.large_mallocs++;
+        counters.large_alloc_bytes += (uint64_t)npages << SA_PAGE_SHIFT;
+        counters.large_total_alloc += (uint64_t)npages << SA_PAGE_SHIFT;
+        break;
+    }
+    pthread_mutex_unlock(&heap_lock);
+    return s;
+}
+
+/* Heap lock held. */
+static void flush_large_cache_locked(void)
+{
+    while (large_cache_n > 0) {
+        struct sa_span *s = large_cache[--large_cache_n];
+        large_cache_pages -= s->npages;
+        free_locked(s);
+    }
+}
+
 /* ---- Scavenging */
 
 /* Detach up to SA_SCAVENGE_CHUNK pages of the oldest dirty span idle since
@@ -619,6 +696,11 @@ static struct sa_span *detach_scavenge_chunk(uint64_t cutoff_ns)
 uint64_t sa_mheap_scavenge(uint64_t cutoff_ns, uint64_t max_bytes)
 {
     uint64_t released = 0;
+    if (max_bytes > 0) {
+        pthread_mutex_lock(&heap_lock);
+        flush_large_cache_locked();
+        pthread_mutex_unlock(&heap_lock);
+    }
     while (released < max_bytes) {
         pthread_mutex_lock(&heap_lock);
         struct sa_span *s = detach_scavenge_chunk(cutoff_ns);

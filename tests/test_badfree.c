@@ -321,6 +321,16 @@ static void double_free_large(void **state)
     spanalloc_free(p);
 }
 
+/* Above the large-span cache's 256 KiB: the span goes back to the heap. */
+static void double_free_large_uncached(void **state)
+{
+    (void)state;
+    void *p = spanalloc_malloc(1024 * 1024);
+    struct outcome o = run_child(op_double_free, p);
+    check_report(&o, &(struct expect){"block already freed (double free)", "free: ", p, 0, 0});
+    spanalloc_free(p);
+}
+
 static void free_stack_address(void **state)
 {
     (void)state;
@@ -581,6 +591,7 @@ int main(void)
         cmocka_unit_test(double_free_small),
         cmocka_unit_test(double_free_small_after_flush),
         cmocka_unit_test(double_free_large),
+        cmocka_unit_test(double_free_large_uncached),
         cmocka_unit_test(free_stack_address),
         cmocka_unit_test(free_static_address),
         cmocka_unit_test(free_mmap_address),

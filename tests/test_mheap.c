@@ -296,6 +296,51 @@ static void large_span_grows_into_free_neighbour(void **state)
     assert_int_equal(end.heap_inuse, before.heap_inuse - 8 * SA_PAGE_SIZE);
 }
 
+/* The large-span cache: a freed span of up to 32 pages is handed out again
+ * whole for the same size, stays in heap_inuse but leaves heap_alloc, and
+ * any scavenge empties the cache first. */
+static void large_cache_reuses_and_scavenge_empties_it(void **state)
+{
+    (void)state;
+    free_os_memory();
+    struct mem_stats base = stats_now();
+    struct sa_span *s = sa_mheap_alloc_large(8, 1);
+    uintptr_t s_base = s->base;
+    touch(s);
+    sa_mheap_free_large_cached(s);
+    assert_int_equal(s->state, SA_SPAN_CACHED);
+    struct mem_stats cached = stats_now();
+    assert_stats_invariants(&cached);
+    assert_int_equal(cached.heap_alloc, base.heap_alloc);
+    assert_int_equal(cached.heap_inuse, base.heap_inuse + 8 * SA_PAGE_SIZE);
+    assert_int_equal(cached.heap_objects, base.heap_objects);
+
+    assert_null(sa_mheap_take_cached(9)); /* exact sizes only */
+    struct sa_span *again = sa_mheap_take_cached(8);
+    assert_ptr_equal(again, s);
+    assert_int_equal(again->state, SA_SPAN_LARGE);
+    assert_int_equal(again->base, s_base);
+    assert_true(again->needzero);
+    struct mem_stats taken = stats_now();
+    assert_int_equal(taken.heap_alloc, base.heap_alloc + 8 * SA_PAGE_SIZE);
+    assert_int_equal(taken.heap_objects, base.heap_objects + 1);
+
+    /* Too big for the cache: freed to the heap at once. */
+    struct sa_span *big = sa_mheap_alloc_large(33, 1);
+    sa_mheap_free_large_cached(big);
+    assert_int_equal(sa_pagemap_lookup(big->base)->state, SA_SPAN_FREE);
+
+    sa_mheap_free_large_cached(again);
+    assert_int_equal(again->state, SA_SPAN_CACHED);
+    free_os_memory(); /* empties the cache, then releases everything idle */
+    struct sa_span *now = sa_pagemap_lookup(s_base);
+    assert_int_equal(now->state, SA_SPAN_FREE);
+    struct mem_stats end = stats_now();
+    assert_stats_invariants(&end);
+    assert_int_equal(end.heap_inuse, base.heap_inuse);
+    assert_int_equal(end.heap_released, end.heap_idle);
+}
+
 int main(void)
 {
     sa_clock_hook = fake_clock;
@@ -311,6 +356,7 @@ int main(void)
         cmocka_unit_test(idle_limit_releases_at_free),
         cmocka_unit_test(idle_limit_option_parses),
         cmocka_unit_test(large_span_grows_into_free_neighbour),
+        cmocka_unit_test(large_cache_reuses_and_scavenge_empties_it),
     };
     return cmocka_run_group_tests_name("mheap", tests, NULL, NULL);
 }
