@@ -39,7 +39,7 @@ done
 # ---------------------------------------------------------------- packages --
 pkgs=(meson ninja-build gcc g++ pkg-config libcmocka-dev libbenchmark-dev python3 valgrind prometheus)
 { has_pass asan || has_pass tsan || has_pass fuzz; } && pkgs+=(clang libclang-rt-14-dev)
-has_pass preload && pkgs+=(redis-server redis-tools sqlite3 libpython3.11-testsuite python3.11 wrk curl)
+has_pass preload && pkgs+=(redis-server redis-tools sqlite3 libpython3.11-testsuite python3.11 wrk curl tmux)
 
 installed() { [[ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" == "install ok installed" ]]; }
 
