@@ -586,19 +586,32 @@ void sa_mheap_free(struct sa_span *s)
     enforce_idle_limit(excess);
 }
 
-void sa_mheap_free_large(struct sa_span *s)
+/* Heap lock held: count the free of large span s, which must still be in
+ * use (a second free racing the first finds it is not, and is reported). */
+static void claim_large_free_locked(struct sa_span *s)
 {
-    pthread_mutex_lock(&heap_lock);
-    if (s->state != SA_SPAN_LARGE) { /* lost a race with another free of it */
+    if (s->state != SA_SPAN_LARGE) {
         pthread_mutex_unlock(&heap_lock);
         sa_report("free: block already freed (double free)", (void *)s->base, NULL);
     }
     counters.large_frees++;
     counters.large_alloc_bytes -= (uint64_t)s->npages << SA_PAGE_SHIFT;
+}
+
+/* Heap lock held on entry, released on return. */
+static void free_large_and_unlock(struct sa_span *s)
+{
     free_locked(s);
     uint64_t excess = idle_excess_locked();
     pthread_mutex_unlock(&heap_lock);
     enforce_idle_limit(excess);
+}
+
+void sa_mheap_free_large(struct sa_span *s)
+{
+    pthread_mutex_lock(&heap_lock);
+    claim_large_free_locked(s);
+    free_large_and_unlock(s);
 }
 
 /* ---- The large-span cache
@@ -623,30 +636,19 @@ static size_t large_cache_pages;
 
 static void flush_large_cache_locked(void);
 
-static void count_large_free(struct sa_span *s)
-{
-    counters.large_frees++;
-    counters.large_alloc_bytes -= (uint64_t)s->npages << SA_PAGE_SHIFT;
-}
-
 void sa_mheap_free_large_cached(struct sa_span *s)
 {
     pthread_mutex_lock(&heap_lock);
-    if (s->state != SA_SPAN_LARGE) { /* lost a race with another free of it */
-        pthread_mutex_unlock(&heap_lock);
-        sa_report("free: block already freed (double free)", (void *)s->base, NULL);
-    }
+    claim_large_free_locked(s);
     if (s->npages <= LARGE_CACHE_SPAN_PAGES && large_cache_n < LARGE_CACHE_SLOTS &&
         large_cache_pages + s->npages <= LARGE_CACHE_TOTAL_PAGES) {
-        count_large_free(s);
         s->state = SA_SPAN_CACHED;
         large_cache[large_cache_n++] = s;
         large_cache_pages += s->npages;
         pthread_mutex_unlock(&heap_lock);
         return;
     }
-    pthread_mutex_unlock(&heap_lock);
-    sa_mheap_free_large(s);
+    free_large_and_unlock(s);
 }
 
 struct sa_span *sa_mheap_take_cached(size_t npages)
