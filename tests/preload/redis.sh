@@ -16,21 +16,8 @@ pl_need redis-server redis-cli redis-benchmark timeout
 FILL_MB=${REDIS_FILL_MB:-1024}
 BENCH_N=${REDIS_BENCH_N:-20000}
 SEED=${REDIS_SEED:-$(( RANDOM * 32768 + RANDOM ))}
-port=$(pl_free_port)
-cli() { timeout 120 redis-cli -h 127.0.0.1 -p "$port" "$@"; }
-
-env LD_PRELOAD="$PL_LIB" SPANALLOC_STATS=json \
-    redis-server --bind 127.0.0.1 --port "$port" --protected-mode yes \
-        --save '' --appendonly no --enable-debug-command yes \
-        --dir "$PL_TMP" --daemonize no --supervised no \
-        --logfile "$PL_TMP/redis.log" \
-    >"$PL_TMP/redis.out" 2>"$PL_TMP/redis.err" </dev/null &
-pid=$!
-pl_at_exit "kill -9 $pid"
-
-fail() { pl_show "$PL_TMP/redis.log"; pl_show "$PL_TMP/redis.err"; pl_fail "$*"; }
-
-pl_wait_port "$port" 30 "$pid" || fail "redis-server did not listen on 127.0.0.1:$port within 30 s"
+source "$here/redis_lib.sh"
+redis_start SPANALLOC_STATS=json
 [[ "$(cli ping)" == PONG ]] || fail "no PONG after start"
 pl_maps_has_lib "$pid" || fail "$PL_LIB is not mapped in redis-server (pid $pid)"
 

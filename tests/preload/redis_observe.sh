@@ -20,23 +20,10 @@ TOP=${2:-}
 [[ -x "$TOP" ]] || pl_fail "spanalloc-top not found at '$TOP'"
 pl_need redis-server redis-cli redis-benchmark promtool tmux timeout
 
-port=$(pl_free_port)
-cli() { timeout 120 redis-cli -h 127.0.0.1 -p "$port" "$@"; }
-
-env LD_PRELOAD="$PL_LIB" SPANALLOC_STATS_FILE="$PL_TMP/redis-%p.prom" SPANALLOC_STATS_INTERVAL=1s \
-    redis-server --bind 127.0.0.1 --port "$port" --protected-mode yes \
-        --save '' --appendonly no --enable-debug-command yes \
-        --dir "$PL_TMP" --daemonize no --supervised no \
-        --logfile "$PL_TMP/redis.log" \
-    >"$PL_TMP/redis.out" 2>"$PL_TMP/redis.err" </dev/null &
-pid=$!
-pl_at_exit "kill -9 $pid"
+source "$here/redis_lib.sh"
+redis_start SPANALLOC_STATS_FILE="$PL_TMP/redis-%p.prom" SPANALLOC_STATS_INTERVAL=1s
 session="spanalloc-observe-$$"
 pl_at_exit "tmux kill-session -t $session 2>/dev/null"
-
-fail() { pl_show "$PL_TMP/redis.log"; pl_show "$PL_TMP/redis.err"; pl_fail "$*"; }
-
-pl_wait_port "$port" 30 "$pid" || fail "redis-server did not listen on 127.0.0.1:$port within 30 s"
 file="$PL_TMP/redis-$pid.prom"
 
 # metric NAME: its value in the current file (the snapshot is replaced
