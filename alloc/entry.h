@@ -14,33 +14,30 @@ void *sa_malloc_large(size_t size, size_t align);
 static inline void *sa_malloc_inline(size_t size)
 {
     if (SA_LIKELY(size <= SA_MAX_SMALL))
-        return sa_mcache_alloc(sa_size_class(size));
+        return sa_mcache_alloc(sa_size_list_offset(size));
     return sa_malloc_large(size, 0);
 }
 
 /* A small block is freed only if it is the start of an object of its span
  * (one multiply, see struct sa_span's free_magic) and not already free.
  * Everything else goes out of line, where large objects are freed and bad
- * pointers reported: NULL and addresses above the page map's range (one
- * compare: ptr - 1 wraps for NULL), pages spanalloc does not own, and
- * non-small spans, whose free_limit is 0. */
+ * pointers reported: addresses outside the page map's range or in an arena
+ * spanalloc never used (NULL among them), pages no span holds (they map to
+ * sa_span_none, whose free_limit is 0) and non-small spans (free_limit 0). */
 static inline void sa_free_inline(void *ptr)
 {
     uintptr_t addr = (uintptr_t)ptr;
-    if (SA_UNLIKELY((addr - 1) >> SA_ADDR_BITS)) {
+    uintptr_t bias = sa_pagemap_bias(addr);
+    if (SA_UNLIKELY(bias == 0)) {
         sa_free_not_small(ptr, NULL);
         return;
     }
-    struct sa_span *s = sa_pagemap_lookup_in_range(addr);
-    if (SA_UNLIKELY(s == NULL)) {
-        sa_free_not_small(ptr, s);
-        return;
-    }
+    struct sa_span *s = sa_pagemap_entry(bias, addr);
     if (SA_UNLIKELY((uint64_t)(addr - s->base) * s->free_magic >= s->free_limit)) {
         sa_free_not_small(ptr, s);
         return;
     }
-    sa_mcache_free(ptr, s->cls, s);
+    sa_mcache_free(ptr, s);
 }
 
 #endif /* SPANALLOC_ENTRY_H */

@@ -72,8 +72,11 @@ def main():
     for i, (s, n) in enumerate(cls, 1):
         print("    X(%d, %d, %d) \\" % (i, s, n))
     print("")
-    # Size -> class lookup: one byte per 16 B of request size, (size + 15) / 16
-    # indexes it, so the fast path finds a class with one table load (2 KiB).
+    # Size -> class lookup: one entry per 16 B of request size, (size + 15) / 16
+    # indexes it, so the fast path finds a class with one table load.  Each
+    # entry is wrapped in C(...): the including file says what a class becomes
+    # (alloc/sizeclasses.c makes it the byte offset of the class's list in a
+    # thread cache, which saves the fast path a multiply).
     def class_of(n):
         for i, (c, _) in enumerate(cls, 1):
             if c >= n:
@@ -82,9 +85,9 @@ def main():
     for c, _ in cls:
         assert c % 16 == 0
     table = [class_of(max(i * 16, 1)) for i in range(MAX_SMALL // 16 + 1)]
-    print("#define SA_SIZE_TO_CLASS { \\")
-    for i in range(0, len(table), 32):
-        print("    " + ", ".join(str(x) for x in table[i:i + 32]) + ", \\")
+    print("#define SA_SIZE_TO_CLASS(C) { \\")
+    for i in range(0, len(table), 16):
+        print("    " + ", ".join("C(%d)" % x for x in table[i:i + 16]) + ", \\")
     print("}")
 
 if __name__ == "__main__":

@@ -122,6 +122,9 @@ static void read_options(void)
     if ((v = getenv("SPANALLOC_IDLE_LIMIT")) != NULL &&
         !sa_parse_percent(v, &sa_options.idle_limit_pct))
         warn_option("SPANALLOC_IDLE_LIMIT", v);
+    if ((v = getenv("SPANALLOC_IDLE_DELAY")) != NULL &&
+        !sa_parse_duration(v, &sa_options.idle_delay_ns))
+        warn_option("SPANALLOC_IDLE_DELAY", v);
     if ((v = getenv("SPANALLOC_MADVISE")) != NULL) {
         if (strcmp(v, "free") == 0)
             sa_options.madvise_free = true;

@@ -44,12 +44,15 @@ _Static_assert(SA_NUM_CLASSES == SPANALLOC_NUM_SIZE_CLASSES, "class count");
 extern const uint32_t sa_class_size[SA_NUM_CLASSES];
 extern const uint32_t sa_class_npages[SA_NUM_CLASSES];
 extern const uint32_t sa_class_magic[SA_NUM_CLASSES];
-extern const uint8_t sa_size_to_class[SA_MAX_SMALL / 16 + 1];
+/* Size -> class, stored as the class's list offset in a thread cache
+ * (class * sizeof(struct sa_cache_list)): malloc adds it to the cache pointer
+ * and has its list, with no multiply.  sa_size_class() below divides back. */
+extern const uint16_t sa_size_to_list[SA_MAX_SMALL / 16 + 1];
 
-/* Class for a small request (size <= SA_MAX_SMALL): one table load. */
-static inline unsigned sa_size_class(size_t size)
+/* List offset for a small request (size <= SA_MAX_SMALL): one table load. */
+static inline size_t sa_size_list_offset(size_t size)
 {
-    return sa_size_to_class[(size + 15) >> 4]; /* size <= SA_MAX_SMALL */
+    return sa_size_to_list[(size + 15) >> 4];
 }
 
 /* ---- Spans (alloc/span.c)
@@ -76,6 +79,7 @@ struct sa_span {
     uint32_t div_magic;   /* ceil(2^32 / elem_size): offset -> index */
     uint8_t state;        /* enum sa_span_state */
     uint8_t cls;          /* size class, 0 for large and free spans */
+    uint16_t list_off;    /* cls * sizeof(struct sa_cache_list), for free() */
     uint8_t needzero;     /* pages may hold old data (calloc must clear) */
     uint8_t on_list;      /* which list holds it (heap: dirty/clean) */
     uint32_t npages;
@@ -131,36 +135,66 @@ struct sa_arena_leaf {
     uint64_t released[SA_PAGES_PER_ARENA / 64]; /* bit per page, heap lock */
 };
 
-/* One entry more than the address range needs, always NULL: the free fast
- * path's range check (ptr - 1 < 2^47) lets 2^47 itself through. */
-extern _Atomic(struct sa_arena_leaf *) sa_pagemap_root[SA_ROOT_ENTRIES + 1];
+/* A root entry is 0 (no leaf yet) or its leaf's address, biased so that
+ * the entry for any address of the arena is at
+ *     bias - SA_LEAF_TAG + (addr >> SA_PAGE_SHIFT) * sizeof(pointer):
+ * free()'s fast path finds the page's slot without masking the page index
+ * into the leaf.  SA_LEAF_TAG keeps every bias odd (leaves are page aligned),
+ * so that no bias is 0. */
+extern _Atomic uintptr_t sa_pagemap_root[SA_ROOT_ENTRIES];
+#define SA_LEAF_TAG ((uintptr_t)1)
+#define SA_SLOT_SIZE sizeof(_Atomic(struct sa_span *))
 
+static inline uintptr_t sa_leaf_bias(struct sa_arena_leaf *leaf, uintptr_t arena)
+{
+    return (uintptr_t)leaf + SA_LEAF_TAG - (arena << (SA_ARENA_SHIFT - SA_PAGE_SHIFT)) * SA_SLOT_SIZE;
+}
+
+/* What a page no span holds maps to, in a leaf that exists: a record that
+ * every check rejects (state 0, free_limit 0), so free()'s fast path needs no
+ * NULL test after the leaf load.  sa_pagemap_lookup() turns it into NULL. */
+extern struct sa_span sa_span_none;
+
+/* The root entry for addr, or 0: outside the 47-bit range (one compare on
+ * the root index) or in an arena spanalloc never used.  A NULL pointer needs
+ * no test of its own: it lands in arena 0, which has no leaf (or, had it one,
+ * page 0, which no span holds). */
+static inline uintptr_t sa_pagemap_bias(uintptr_t addr)
+{
+    uintptr_t arena = addr >> SA_ARENA_SHIFT;
+    if (SA_UNLIKELY(arena >= SA_ROOT_ENTRIES))
+        return 0;
+    return atomic_load_explicit(&sa_pagemap_root[arena], memory_order_acquire);
+}
+
+/* The page map's entry for addr, given its nonzero root entry: a span, or
+ * sa_span_none (never NULL). */
+static inline struct sa_span *sa_pagemap_entry(uintptr_t bias, uintptr_t addr)
+{
+    _Atomic(struct sa_span *) *slot =
+        (_Atomic(struct sa_span *) *)(bias - SA_LEAF_TAG + (addr >> SA_PAGE_SHIFT) * SA_SLOT_SIZE);
+    return atomic_load_explicit(slot, memory_order_acquire);
+}
+
+/* The leaf for addr, or NULL. */
 static inline struct sa_arena_leaf *sa_pagemap_leaf(uintptr_t addr)
 {
-    if (SA_UNLIKELY(addr >> SA_ADDR_BITS))
+    uintptr_t bias = sa_pagemap_bias(addr);
+    if (bias == 0)
         return NULL;
-    return atomic_load_explicit(&sa_pagemap_root[addr >> SA_ARENA_SHIFT],
-                                memory_order_acquire);
+    uintptr_t arena = addr >> SA_ARENA_SHIFT;
+    return (struct sa_arena_leaf *)(bias - SA_LEAF_TAG +
+                                    (arena << (SA_ARENA_SHIFT - SA_PAGE_SHIFT)) * SA_SLOT_SIZE);
 }
 
-/* addr <= 2^47 (the caller checked). */
-static inline struct sa_span *sa_pagemap_lookup_in_range(uintptr_t addr)
-{
-    struct sa_arena_leaf *leaf =
-        atomic_load_explicit(&sa_pagemap_root[addr >> SA_ARENA_SHIFT], memory_order_acquire);
-    if (SA_UNLIKELY(leaf == NULL))
-        return NULL;
-    size_t page = (addr >> SA_PAGE_SHIFT) & (SA_PAGES_PER_ARENA - 1);
-    return atomic_load_explicit(&leaf->spans[page], memory_order_acquire);
-}
-
+/* The span holding addr, or NULL. */
 static inline struct sa_span *sa_pagemap_lookup(uintptr_t addr)
 {
-    struct sa_arena_leaf *leaf = sa_pagemap_leaf(addr);
-    if (SA_UNLIKELY(leaf == NULL))
+    uintptr_t bias = sa_pagemap_bias(addr);
+    if (SA_UNLIKELY(bias == 0))
         return NULL;
-    size_t page = (addr >> SA_PAGE_SHIFT) & (SA_PAGES_PER_ARENA - 1);
-    return atomic_load_explicit(&leaf->spans[page], memory_order_acquire);
+    struct sa_span *s = sa_pagemap_entry(bias, addr);
+    return s == &sa_span_none ? NULL : s;
 }
 
 bool sa_pagemap_ensure(uintptr_t base, size_t bytes); /* heap lock */
@@ -175,8 +209,8 @@ uint64_t sa_pagemap_sys_bytes(void);
 /* ---- Free-block encoding (safe linking and the double-free mark).
  *
  * A free small block holds two words:
- *   word 0, the link: next ^ (address >> 12) ^ link_key, so a use-after-free
- *   write cannot aim the list at an address of its choosing;
+ *   word 0, the link: next ^ link_key, so a use-after-free write cannot aim
+ *   the list at an address of its choosing without the secret;
  *   word 1, the mark: word0 ^ address ^ mark_key.  It says "this block is
  *   free" (a second free of it is a double free) and it seals the link: a
  *   write over either word breaks the equation, which is checked before a
@@ -186,13 +220,13 @@ uint64_t sa_pagemap_sys_bytes(void);
 extern uintptr_t sa_link_key;
 extern uintptr_t sa_mark_key;
 
-static inline uintptr_t sa_encode_link(void *next, void *at)
+static inline uintptr_t sa_encode_link(void *next)
 {
-    return (uintptr_t)next ^ ((uintptr_t)at >> 12) ^ sa_link_key;
+    return (uintptr_t)next ^ sa_link_key;
 }
-static inline void *sa_decode_link(uintptr_t word, void *at)
+static inline void *sa_decode_link(uintptr_t word)
 {
-    return (void *)(word ^ ((uintptr_t)at >> 12) ^ sa_link_key);
+    return (void *)(word ^ sa_link_key);
 }
 static inline uintptr_t sa_seal(uintptr_t link, const void *at)
 {
@@ -203,7 +237,7 @@ static inline void sa_block_make_free(void *block, void *next)
     uintptr_t *w = (uintptr_t *)block;
     /* Both words computed before either store: the stores may alias the keys
      * as far as the compiler knows, and reloading them costs instructions. */
-    uintptr_t link = sa_encode_link(next, block);
+    uintptr_t link = sa_encode_link(next);
     uintptr_t mark = sa_seal(link, block);
     w[0] = link;
     w[1] = mark;
@@ -219,16 +253,29 @@ static inline bool sa_block_is_free(const void *block)
 /* ---- mcache (alloc/mcache.c): per thread, no locks. */
 /* Per class in a thread's cache; one operation touches one cache line.
  * Only the owning thread writes these fields; read_mem_stats reads them from
- * other threads with relaxed atomic loads (SA_PEER_READ).  The frees are not
- * counted on the free fast path: since count = moved + frees - mallocs,
- * frees = count - moved + mallocs (modulo 2^64). */
+ * other threads with relaxed atomic loads (SA_PEER_READ).
+ *
+ * The list holds cap - room blocks.  free() decrements room and takes the
+ * slow path when it goes negative (one instruction and one branch: no
+ * compare against a second field); the slow path sets it back to 0 before
+ * doing anything else, so a negative room is never seen outside it.  The
+ * frees are not counted on the free fast path: since
+ * count = moved + frees - mallocs, frees = count - moved + mallocs (mod 2^64). */
 struct sa_cache_list {
     void *head;       /* encoded singly-linked list of free blocks */
-    uint32_t count;   /* blocks on the list */
-    uint32_t max;     /* flush above this; 0 in the empty sentinel cache */
+    int32_t room;     /* blocks the list can still take */
+    uint32_t cap;     /* most blocks it holds; 0 in the empty sentinel cache */
     uint64_t mallocs; /* blocks popped by malloc */
     uint64_t moved;   /* blocks refilled from minus flushed to the mcentral */
 };
+#define SA_LIST_SHIFT 5
+_Static_assert(sizeof(struct sa_cache_list) == 1u << SA_LIST_SHIFT, "list size");
+
+/* Class of a small request (size <= SA_MAX_SMALL), for the slow paths. */
+static inline unsigned sa_size_class(size_t size)
+{
+    return (unsigned)(sa_size_list_offset(size) >> SA_LIST_SHIFT);
+}
 
 /* The owner's updates are plain read-modify-writes (one instruction, no lock
  * prefix); aligned 64-bit stores are single-copy atomic on the targets we
@@ -244,14 +291,24 @@ struct sa_cache_list {
 #if defined(SA_TSAN)
 #define SA_OWNER_ADD(field, n) \
     __atomic_store_n(&(field), __atomic_load_n(&(field), __ATOMIC_RELAXED) + (n), __ATOMIC_RELAXED)
+#define SA_OWNER_DEC(field) \
+    __extension__({ __typeof__(field) sa_v_ = __atomic_load_n(&(field), __ATOMIC_RELAXED) - 1; \
+                    __atomic_store_n(&(field), sa_v_, __ATOMIC_RELAXED); sa_v_; })
 #else
 #define SA_OWNER_ADD(field, n) ((field) += (n))
+#define SA_OWNER_DEC(field) (--(field))
 #endif
 #define SA_PEER_READ(field) __atomic_load_n(&(field), __ATOMIC_RELAXED)
 
+/* Blocks on a list, by its owner or (approximately, racing) by a peer. */
+static inline uint32_t sa_list_count(struct sa_cache_list *l)
+{
+    return SA_PEER_READ(l->cap) - (uint32_t)SA_PEER_READ(l->room);
+}
+
 static inline uint64_t sa_list_frees(struct sa_cache_list *l)
 {
-    return (uint64_t)SA_PEER_READ(l->count) - SA_PEER_READ(l->moved) + SA_PEER_READ(l->mallocs);
+    return (uint64_t)sa_list_count(l) - SA_PEER_READ(l->moved) + SA_PEER_READ(l->mallocs);
 }
 
 struct sa_mcache {
@@ -325,6 +382,8 @@ void sa_mheap_read(struct sa_heap_counters *out);
 uint64_t sa_mheap_scavenge(uint64_t cutoff_ns, uint64_t max_bytes);
 /* SPANALLOC_IDLE_LIMIT: resident idle bytes above the limit (0 if none). */
 uint64_t sa_mheap_idle_excess(void);
+/* Release the idle limit's excess among spans idle for SPANALLOC_IDLE_DELAY. */
+uint64_t sa_mheap_enforce_idle_limit(uint64_t excess);
 void sa_mheap_lock(void);
 void sa_mheap_unlock(void);
 void sa_mheap_fork_child(void);
@@ -350,6 +409,7 @@ struct sa_options {
     uint64_t scavenge_idle_ns;  /* SPANALLOC_SCAVENGE_IDLE, default 5 min */
     uint64_t memory_limit;      /* SPANALLOC_MEMORY_LIMIT, 0 = none */
     uint32_t idle_limit_pct;    /* SPANALLOC_IDLE_LIMIT, % of heap in use; 0 = off */
+    uint64_t idle_delay_ns;     /* SPANALLOC_IDLE_DELAY: least idle age it releases */
     bool madvise_free;          /* SPANALLOC_MADVISE=free */
     bool scavenger_enabled;     /* SPANALLOC_SCAVENGER != off */
     bool trace;                 /* SPANALLOC_TRACE=1 */

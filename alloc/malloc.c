@@ -51,6 +51,8 @@ void sa_free_not_small(void *ptr, struct sa_span *s)
 {
     if (ptr == NULL)
         return;
+    if (s == &sa_span_none)
+        s = NULL;
     if (s != NULL && s->state == SA_SPAN_LARGE && (uintptr_t)ptr == s->base) {
         SA_VG_FREELIKE(ptr);
         sa_mheap_free_large_cached(s);
@@ -104,7 +106,7 @@ static void *malloc_aligned(size_t align, size_t size)
     if (align <= SA_PAGE_SIZE) {
         unsigned cls = aligned_class(size, align);
         if (cls != 0)
-            return sa_mcache_alloc(cls);
+            return sa_mcache_alloc((size_t)cls << SA_LIST_SHIFT);
     }
     return sa_malloc_large(size, align);
 }

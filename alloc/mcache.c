@@ -123,18 +123,19 @@ static void *list_take(struct sa_cache_list *l, uint32_t n)
     uint32_t taken = 1;
     if (first == NULL)
         return NULL;
-    if (n > l->count)
-        n = l->count;
+    uint32_t count = sa_list_count(l);
+    if (n > count)
+        n = count;
     for (; taken < n; taken++) {
         if (!sa_block_is_free(last))
             sa_report("corrupted free block (written after free)", last, NULL);
-        last = sa_decode_link(((uintptr_t *)last)[0], last);
+        last = sa_decode_link(((uintptr_t *)last)[0]);
     }
     if (!sa_block_is_free(last))
         sa_report("corrupted free block (written after free)", last, NULL);
-    l->head = sa_decode_link(((uintptr_t *)last)[0], last);
+    l->head = sa_decode_link(((uintptr_t *)last)[0]);
     sa_block_make_free(last, NULL);
-    SA_OWNER_ADD(l->count, -n);
+    SA_OWNER_ADD(l->room, (int32_t)n);
     SA_OWNER_ADD(l->moved, -(uint64_t)n);
     return first;
 }
@@ -145,7 +146,8 @@ static void *list_take(struct sa_cache_list *l, uint32_t n)
  * can go back to the heap. */
 static void flush_list(struct sa_cache_list *l, unsigned cls, uint32_t n)
 {
-    uint32_t taken = n < l->count ? n : l->count;
+    uint32_t count = sa_list_count(l);
+    uint32_t taken = n < count ? n : count;
     void *blocks = list_take(l, n);
     if (blocks != NULL)
         sa_mcentral_release_batch(cls, blocks, taken);
@@ -154,7 +156,7 @@ static void flush_list(struct sa_cache_list *l, unsigned cls, uint32_t n)
 static void flush_all(struct sa_mcache *c)
 {
     for (unsigned cls = 1; cls < SA_NUM_CLASSES; cls++) {
-        void *blocks = list_take(&c->lists[cls], c->lists[cls].count);
+        void *blocks = list_take(&c->lists[cls], sa_list_count(&c->lists[cls]));
         if (blocks != NULL)
             sa_mcentral_release(cls, blocks);
     }
@@ -183,8 +185,10 @@ static struct sa_mcache *cache_create(void)
     pthread_mutex_lock(&registry_lock);
     struct sa_mcache *c = record_new();
     if (c != NULL) {
-        for (unsigned cls = 1; cls < SA_NUM_CLASSES; cls++)
-            c->lists[cls].max = sa_mcache_list_cap(cls);
+        for (unsigned cls = 1; cls < SA_NUM_CLASSES; cls++) {
+            c->lists[cls].cap = sa_mcache_list_cap(cls);
+            c->lists[cls].room = (int32_t)c->lists[cls].cap;
+        }
         c->owner = pthread_self();
         c->link_key = sa_link_key;
         c->mark_key = sa_mark_key;
@@ -244,19 +248,27 @@ void *sa_mcache_alloc_slow(unsigned cls)
             return NULL;
         }
         l->head = blocks;
-        SA_OWNER_ADD(l->count, got);
+        SA_OWNER_ADD(l->room, -(int32_t)got);
         SA_OWNER_ADD(l->moved, got);
     }
     uintptr_t *block = l->head;
-    l->head = sa_decode_link(block[0], block);
-    SA_OWNER_ADD(l->count, -1);
+    l->head = sa_decode_link(block[0]);
+    SA_OWNER_ADD(l->room, 1);
     block[1] = 0;
     SA_OWNER_ADD(l->mallocs, 1);
     return block;
 }
 
+/* Reached when the fast path found no room: it took room below 0, which
+ * is put back first.  In the empty cache (shared by every thread without a
+ * cache of its own) threads may race on that field; each writes either a
+ * decrement of a value <= 0 or 0, so room never turns positive there and
+ * nothing is ever pushed onto the empty cache. */
 void sa_mcache_free_slow(void *block, unsigned cls)
 {
+    struct sa_cache_list *own = &sa_tls_cache->lists[cls];
+    if (SA_PEER_READ(own->room) < 0)
+        __atomic_store_n(&own->room, 0, __ATOMIC_RELAXED);
     if (sa_block_is_free_checked(block))
         sa_bad_small_free(block, sa_pagemap_lookup((uintptr_t)block));
     struct sa_mcache *c = current_cache();
@@ -268,11 +280,11 @@ void sa_mcache_free_slow(void *block, unsigned cls)
         return;
     }
     struct sa_cache_list *l = &c->lists[cls];
-    if (l->count >= l->max)
+    if (l->room <= 0)
         flush_list(l, cls, batch_size(cls));
     sa_block_make_free(block, l->head);
     l->head = block;
-    SA_OWNER_ADD(l->count, 1);
+    SA_OWNER_ADD(l->room, -1);
 }
 
 void sa_mcache_flush_current(void)

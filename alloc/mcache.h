@@ -15,51 +15,56 @@
 /* free() of anything the inline checks did not accept (malloc.c). */
 void sa_free_not_small(void *ptr, struct sa_span *s);
 
-static inline void *sa_mcache_alloc(unsigned cls)
+/* The list at byte offset list_off (class * sizeof list) of the cache. */
+static inline struct sa_cache_list *sa_cache_list_at(struct sa_mcache *c, size_t list_off)
+{
+    return (struct sa_cache_list *)((char *)c + list_off);
+}
+
+static inline void *sa_mcache_alloc(size_t list_off)
 {
     struct sa_mcache *c = sa_tls_cache;
-    struct sa_cache_list *l = &c->lists[cls];
-    /* Keep l in a register: GCC otherwise recomputes it from cls for the
-     * last counter update, two instructions more. */
-    __asm__("" : "+r"(l));
+    struct sa_cache_list *l = sa_cache_list_at(c, list_off);
     uintptr_t *block = l->head;
     if (SA_UNLIKELY(block == NULL))
-        return sa_mcache_alloc_slow(cls);
+        return sa_mcache_alloc_slow((unsigned)(list_off >> SA_LIST_SHIFT));
     uintptr_t link = block[0];
     if (SA_UNLIKELY(block[1] != (link ^ (uintptr_t)block ^ c->mark_key)))
         sa_report("corrupted free block (written after free)", block,
                   sa_pagemap_lookup((uintptr_t)block));
-    SA_OWNER_ADD(l->count, -1);
+    SA_OWNER_ADD(l->room, 1);
     SA_OWNER_ADD(l->mallocs, 1);
-    l->head = (void *)(link ^ ((uintptr_t)block >> 12) ^ c->link_key);
+    l->head = (void *)(link ^ c->link_key);
     block[1] = 0; /* no longer free */
     return block;
 }
 
 /* Push a small block (checked to be an object start of span s) onto this
  * thread's list for its class.  The double-free check reads the block's
- * mark word; it comes after the capacity check so that under valgrind, where
- * every list has capacity 0, only the slow path reads user memory.  The
- * encoding is sa_block_make_free's, with the cache's copies of the keys. */
-static inline void sa_mcache_free(void *block, unsigned cls, struct sa_span *s)
+ * mark word; it comes after the room check so that under valgrind, where
+ * no thread has a cache (the empty cache has no room), only the slow path
+ * reads user memory.  The encoding is sa_block_make_free's, with the cache's
+ * copies of the keys. */
+static inline void sa_mcache_free(void *block, struct sa_span *s)
 {
     struct sa_mcache *c = sa_tls_cache;
-    struct sa_cache_list *l = &c->lists[cls];
-    if (SA_UNLIKELY(l->count >= l->max)) {
-        sa_mcache_free_slow(block, cls);
+    struct sa_cache_list *l = sa_cache_list_at(c, s->list_off);
+    if (SA_UNLIKELY(SA_OWNER_DEC(l->room) < 0)) {
+        sa_mcache_free_slow(block, s->cls);
         return;
     }
-    uintptr_t *w = block, addr = (uintptr_t)block;
-    uintptr_t mark_key = c->mark_key;
-    if (SA_UNLIKELY(w[1] == (w[0] ^ addr ^ mark_key))) {
-        sa_free_not_small(block, s); /* reports the double free */
+    uintptr_t *w = block;
+    uintptr_t seal_key = (uintptr_t)block ^ c->mark_key; /* for the check and the new mark */
+    if (SA_UNLIKELY(w[1] == (w[0] ^ seal_key))) {
+        /* Reports the double free and aborts: the room taken above is
+         * not given back (doing so costs the fast path a register). */
+        sa_free_not_small(block, s);
         return;
     }
-    uintptr_t link = (uintptr_t)l->head ^ (addr >> 12) ^ c->link_key;
+    uintptr_t link = (uintptr_t)l->head ^ c->link_key;
     w[0] = link;
-    w[1] = link ^ addr ^ mark_key;
+    w[1] = link ^ seal_key;
     l->head = block;
-    SA_OWNER_ADD(l->count, 1);
 }
 
 #endif /* SPANALLOC_MCACHE_H */

@@ -59,7 +59,7 @@ static void *span_take(struct sa_span *s)
         SA_VG_OPEN_LINKS(obj);
         if (!sa_block_is_free(obj))
             sa_report("corrupted free block (written after free)", obj, s);
-        void *next = sa_decode_link(((uintptr_t *)obj)[0], obj);
+        void *next = sa_decode_link(((uintptr_t *)obj)[0]);
         uintptr_t limit = s->base + (uintptr_t)s->nelems * s->elem_size;
         if (next != NULL && ((uintptr_t)next < s->base || (uintptr_t)next >= limit))
             sa_report("corrupted free list link", obj, s);
@@ -141,7 +141,7 @@ void sa_mcentral_release(unsigned cls, void *head)
     while (head != NULL) {
         void *obj = head;
         SA_VG_OPEN_LINKS(obj);
-        head = sa_decode_link(((uintptr_t *)obj)[0], obj);
+        head = sa_decode_link(((uintptr_t *)obj)[0]);
         struct sa_span *s = span_put(c, obj);
         if (s != NULL) {
             s->next = empty; /* chain through the list link; it is on no list */

@@ -434,6 +434,7 @@ static void set_free_check(struct sa_span *s)
 static void publish(struct sa_span *s, unsigned cls)
 {
     s->cls = (uint8_t)cls;
+    s->list_off = (uint16_t)(cls << SA_LIST_SHIFT);
     if (cls != 0) {
         s->state = SA_SPAN_SMALL;
         s->elem_size = sa_class_size[cls];
@@ -528,6 +529,7 @@ static void free_locked(struct sa_span *s)
         sa_pagemap_set(s->base + SA_PAGE_SIZE, s->npages - 2, NULL);
     s->state = SA_SPAN_FREE;
     s->cls = 0;
+    s->list_off = 0;
     s->nelems = 0; /* a pointer into it fails free()'s inline index check */
     s->free_limit = 0;
     s->freelist = NULL;
@@ -566,15 +568,28 @@ uint64_t sa_mheap_idle_excess(void)
 }
 
 /* Called after a free with no lock held: the release happens in the freeing
- * thread, in bounded chunks, like the memory limit's.  Any idle span counts,
- * however young: with a minimum age (1 s was tried) the seeds' pool workload,
- * whose buffers live 1 s, kept its busy RSS at 1.30x live, no better than
- * without the limit.  Its price is paid by workloads that free and reuse
- * big blocks quickly (docs/tuning.md has the figures): hence off by default. */
+ * thread, in bounded chunks, like the memory limit's, and takes only spans
+ * idle for at least SPANALLOC_IDLE_DELAY, oldest first: memory freed and
+ * taken again within the delay (a buffer replaced, a block grown) never pays
+ * a page fault, while the fragments a churning heap leaves behind go back
+ * soon.  What is younger waits for a later free or the scavenger. */
+uint64_t sa_mheap_enforce_idle_limit(uint64_t excess)
+{
+    if (SA_LIKELY(excess == 0))
+        return 0;
+    uint64_t delay = sa_options.idle_delay_ns;
+    uint64_t cutoff = UINT64_MAX;
+    if (delay != 0) {
+        uint64_t now = sa_os_now_ns();
+        cutoff = now > delay ? now - delay : 0;
+    }
+    return sa_mheap_scavenge(cutoff, excess);
+}
+
 static void enforce_idle_limit(uint64_t excess)
 {
     if (SA_UNLIKELY(excess != 0))
-        sa_mheap_scavenge(UINT64_MAX, excess);
+        sa_mheap_enforce_idle_limit(excess);
 }
 
 void sa_mheap_free(struct sa_span *s)

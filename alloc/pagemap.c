@@ -2,7 +2,9 @@
  * pagemap.c: the map from an address to the span that holds it.
  *
  * Readers (free, realloc, usable_size) take no lock: a root entry is either
- * NULL or a complete, never-freed leaf, published with a release store.
+ * NULL or a complete, never-freed leaf, published with a release store.  A
+ * leaf entry is never NULL: a page no span holds maps to sa_span_none, which
+ * saves free()'s fast path a test (sa_pagemap_lookup hides it from the rest).
  * Writers hold the heap lock.  The root is a static array: the kernel maps its
  * pages only when an entry is first written, so covering the whole 47-bit
  * address space commits nothing up front.
@@ -12,14 +14,9 @@
  */
 #include "internal.h"
 
-_Atomic(struct sa_arena_leaf *) sa_pagemap_root[SA_ROOT_ENTRIES + 1];
+_Atomic uintptr_t sa_pagemap_root[SA_ROOT_ENTRIES];
+struct sa_span sa_span_none; /* all zero: state 0, free_limit 0 */
 static uint64_t leaves_sys_bytes;
-
-static struct sa_arena_leaf *leaf_of(uintptr_t addr)
-{
-    return atomic_load_explicit(&sa_pagemap_root[addr >> SA_ARENA_SHIFT],
-                                memory_order_relaxed);
-}
 
 static size_t page_in_leaf(uintptr_t addr)
 {
@@ -32,13 +29,16 @@ bool sa_pagemap_ensure(uintptr_t base, size_t bytes)
     if ((end - 1) >> SA_ADDR_BITS)
         return false;
     for (uintptr_t a = base & ~(SA_ARENA_SIZE - 1); a < end; a += SA_ARENA_SIZE) {
-        if (leaf_of(a) != NULL)
+        if (sa_pagemap_leaf(a) != NULL)
             continue;
         struct sa_arena_leaf *leaf = sa_os_map(sizeof(struct sa_arena_leaf), 0);
         if (leaf == NULL)
             return false;
         leaves_sys_bytes += sizeof(struct sa_arena_leaf);
-        atomic_store_explicit(&sa_pagemap_root[a >> SA_ARENA_SHIFT], leaf,
+        for (size_t i = 0; i < SA_PAGES_PER_ARENA; i++)
+            atomic_store_explicit(&leaf->spans[i], &sa_span_none, memory_order_relaxed);
+        uintptr_t arena = a >> SA_ARENA_SHIFT;
+        atomic_store_explicit(&sa_pagemap_root[arena], sa_leaf_bias(leaf, arena),
                               memory_order_release);
     }
     return true;
@@ -51,16 +51,21 @@ uint64_t sa_pagemap_sys_bytes(void)
     return leaves_sys_bytes + leaves * 4096;
 }
 
+/* NULL (no span) is stored as sa_span_none. */
 void sa_pagemap_set_page(uintptr_t addr, struct sa_span *s)
 {
-    atomic_store_explicit(&leaf_of(addr)->spans[page_in_leaf(addr)], s,
+    if (s == NULL)
+        s = &sa_span_none;
+    atomic_store_explicit(&sa_pagemap_leaf(addr)->spans[page_in_leaf(addr)], s,
                           memory_order_release);
 }
 
 void sa_pagemap_set(uintptr_t base, size_t npages, struct sa_span *s)
 {
+    if (s == NULL)
+        s = &sa_span_none;
     while (npages > 0) { /* a leaf at a time: a run may cross into the next */
-        struct sa_arena_leaf *leaf = leaf_of(base);
+        struct sa_arena_leaf *leaf = sa_pagemap_leaf(base);
         size_t first = page_in_leaf(base);
         size_t count = SA_PAGES_PER_ARENA - first < npages ? SA_PAGES_PER_ARENA - first : npages;
         for (size_t i = first; i < first + count; i++)
@@ -75,7 +80,7 @@ void sa_pagemap_set(uintptr_t base, size_t npages, struct sa_span *s)
 static size_t leaf_run(uintptr_t base, size_t npages, struct sa_arena_leaf **leaf,
                        size_t *first)
 {
-    *leaf = leaf_of(base);
+    *leaf = sa_pagemap_leaf(base);
     *first = page_in_leaf(base);
     size_t room = SA_PAGES_PER_ARENA - *first;
     return npages < room ? npages : room;
@@ -102,7 +107,7 @@ size_t sa_pagemap_count_released(uintptr_t base, size_t npages)
 {
     size_t first_page = page_in_leaf(base);
     if (npages > 0 && npages <= 64 - (first_page & 63)) /* one word: the common case */
-        return bits_set(leaf_of(base)->released[first_page >> 6] &
+        return bits_set(sa_pagemap_leaf(base)->released[first_page >> 6] &
                         run_mask(first_page & 63, npages));
     size_t total = 0;
     while (npages > 0) {

@@ -21,4 +21,5 @@ const uint32_t sa_class_npages[SA_NUM_CLASSES] = {SA_CLASS_TABLE};
 const uint32_t sa_class_magic[SA_NUM_CLASSES] = {SA_CLASS_TABLE};
 #undef X
 
-const uint8_t sa_size_to_class[SA_MAX_SMALL / 16 + 1] = SA_SIZE_TO_CLASS;
+#define LIST_OFFSET(cls) ((cls) << SA_LIST_SHIFT)
+const uint16_t sa_size_to_list[SA_MAX_SMALL / 16 + 1] = SA_SIZE_TO_CLASS(LIST_OFFSET);

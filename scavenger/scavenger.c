@@ -86,7 +86,7 @@ uint64_t sa_scavenger_cycle(void)
     uint64_t cutoff = now > idle ? now - idle : 0;
     uint64_t released = now > idle ? sa_mheap_scavenge(cutoff, UINT64_MAX) : 0;
     released += enforce_limit();
-    released += sa_mheap_scavenge(UINT64_MAX, sa_mheap_idle_excess());
+    released += sa_mheap_enforce_idle_limit(sa_mheap_idle_excess());
     uint64_t cycle = atomic_load(&num_scavenges) + 1;
     if (released && sa_options.trace)
         trace_cycle(cycle, released);

@@ -364,6 +364,19 @@ static void free_mmap_address(void **state)
     munmap(m, 1 << 16);
 }
 
+/* A page inside spanalloc's heap that no span holds (the middle of a free
+ * span): the page map has a leaf there, whose entry is sa_span_none. */
+static void free_unheld_heap_page(void **state)
+{
+    (void)state;
+    char *p = spanalloc_malloc(300 * SA_PAGE_SIZE); /* too big for the large-span cache */
+    spanalloc_free(p);
+    char *inner = p + 7 * SA_PAGE_SIZE;
+    assert_null(sa_pagemap_lookup((uintptr_t)inner));
+    struct outcome o = run_child(op_free, inner);
+    check_report(&o, &(struct expect){"pointer not allocated by spanalloc", "free: ", inner, 0, 0});
+}
+
 /* glibc is the process malloc in this test (it links spanalloc_core). */
 static void free_glibc_pointer(void **state)
 {
@@ -556,7 +569,7 @@ static void op_link_to_unmapped_arena_page(void *arg)
         _exit(2); /* the arena is fully mapped: nothing to aim at */
     spanalloc_free(b);
     VALGRIND_MAKE_MEM_DEFINED(b, 16);
-    b[0] = sa_encode_link((void *)target, b);
+    b[0] = sa_encode_link((void *)target);
     for (int i = 0; i < 4; i++) {
         void *q = spanalloc_malloc(112);
         struct sa_span *s = sa_pagemap_lookup((uintptr_t)q);
@@ -599,6 +612,7 @@ int main(void)
         cmocka_unit_test(free_static_address),
         cmocka_unit_test(free_mmap_address),
         cmocka_unit_test(free_glibc_pointer),
+        cmocka_unit_test(free_unheld_heap_page),
         cmocka_unit_test(free_interior_small),
         cmocka_unit_test(free_interior_large),
         cmocka_unit_test(free_misaligned),

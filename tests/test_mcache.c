@@ -19,13 +19,17 @@ static void each_list_stays_under_its_cap(void **state)
         for (unsigned i = 0; i < n; i++)
             spanalloc_free(blocks[i]);
         struct sa_cache_list *l = &sa_tls_cache->lists[cls];
-        assert_true(l->count <= sa_mcache_list_cap(cls));
-        assert_true((size_t)l->count * size <= 32 * 1024 || l->count <= 2);
+        assert_true(l->room >= 0);
+        /* Under memcheck no thread has a cache: the lists are the empty
+         * cache's, with no room and cap 0. */
+        assert_int_equal(l->cap, sa_tls_cache == &sa_empty_cache ? 0 : sa_mcache_list_cap(cls));
+        assert_true(sa_list_count(l) <= sa_mcache_list_cap(cls));
+        assert_true((size_t)sa_list_count(l) * size <= 32 * 1024 || sa_list_count(l) <= 2);
     }
     size_t bound = sa_mcache_bound_bytes();
     size_t held = 0;
     for (unsigned cls = 1; cls < SA_NUM_CLASSES; cls++)
-        held += (size_t)sa_tls_cache->lists[cls].count * sa_class_size[cls];
+        held += (size_t)sa_list_count(&sa_tls_cache->lists[cls]) * sa_class_size[cls];
     assert_true(held <= bound);
     assert_true(bound <= 2208368); /* the documented per-thread bound (2.1 MiB) */
 }
@@ -132,6 +136,44 @@ static void cross_thread_free_is_counted_once(void **state)
     assert_stats_invariants(&after);
 }
 
+/* A thread's first free finds the shared empty cache, whose lists have no
+ * room: free takes room below 0 there and the slow path sets it back.  Many
+ * threads doing that at once must leave the empty cache empty and at room
+ * 0, or a later free would push a block onto a list every thread shares. */
+#define FIRST_FREE_THREADS 8
+static void *blocks_for_first_free[FIRST_FREE_THREADS][64];
+
+static void *first_op_is_free(void *arg)
+{
+    void **blocks = arg;
+    for (int i = 0; i < 64; i++)
+        spanalloc_free(blocks[i]);
+    return NULL;
+}
+
+static void first_free_leaves_the_empty_cache_empty(void **state)
+{
+    (void)state;
+    struct mem_stats before = stats_now();
+    for (int t = 0; t < FIRST_FREE_THREADS; t++)
+        for (int i = 0; i < 64; i++)
+            blocks_for_first_free[t][i] = spanalloc_malloc(16 + 16 * (size_t)(i % 8));
+    pthread_t th[FIRST_FREE_THREADS];
+    for (int t = 0; t < FIRST_FREE_THREADS; t++)
+        pthread_create(&th[t], NULL, first_op_is_free, blocks_for_first_free[t]);
+    for (int t = 0; t < FIRST_FREE_THREADS; t++)
+        pthread_join(th[t], NULL);
+    for (unsigned cls = 0; cls < SA_NUM_CLASSES; cls++) {
+        assert_null(sa_empty_cache.lists[cls].head);
+        assert_int_equal(sa_empty_cache.lists[cls].room, 0);
+        assert_int_equal(sa_empty_cache.lists[cls].cap, 0);
+    }
+    struct mem_stats after = stats_now();
+    assert_int_equal(after.frees, before.frees + FIRST_FREE_THREADS * 64);
+    assert_int_equal(after.heap_alloc, before.heap_alloc);
+    assert_stats_invariants(&after);
+}
+
 int main(void)
 {
     sa_options.scavenger_enabled = false;
@@ -140,6 +182,7 @@ int main(void)
         cmocka_unit_test(thread_exit_flushes_the_cache),
         cmocka_unit_test(malloc_works_after_thread_teardown),
         cmocka_unit_test(cross_thread_free_is_counted_once),
+        cmocka_unit_test(first_free_leaves_the_empty_cache_empty),
     };
     return cmocka_run_group_tests_name("mcache", tests, NULL, NULL);
 }

@@ -13,7 +13,7 @@ static struct sa_heap_counters heap_now(void)
 static unsigned list_length(void *head, unsigned cls)
 {
     unsigned n = 0;
-    for (void *b = head; b != NULL; b = sa_decode_link(((uintptr_t *)b)[0], b)) {
+    for (void *b = head; b != NULL; b = sa_decode_link(((uintptr_t *)b)[0])) {
         struct sa_span *s = sa_pagemap_lookup((uintptr_t)b);
         assert_non_null(s);
         assert_int_equal(s->cls, cls);
@@ -57,7 +57,7 @@ static void partial_spans_are_reused(void **state)
     assert_int_equal(sa_mcentral_fill(cls, 1, &b), 1);   /* keeps a second span in use */
     struct sa_span *first_span = sa_pagemap_lookup((uintptr_t)a);
     void *one = a;
-    void *rest = sa_decode_link(((uintptr_t *)one)[0], one);
+    void *rest = sa_decode_link(((uintptr_t *)one)[0]);
     sa_block_make_free(one, NULL);
     sa_mcentral_release(cls, one); /* first span: 41 out, 1 free */
     struct sa_heap_counters before = heap_now();

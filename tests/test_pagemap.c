@@ -56,6 +56,33 @@ static void free_span_maps_only_its_ends(void **state)
         assert_null(sa_pagemap_lookup(first->base + i * SA_PAGE_SIZE));
 }
 
+/* Inside a leaf, a page no span holds maps to sa_span_none, never NULL:
+ * free()'s fast path loads the entry's fields without a NULL test, and
+ * sa_span_none fails its object check.  The biased root entry reaches the
+ * same slot as the leaf itself does. */
+static void unheld_pages_map_to_the_none_span(void **state)
+{
+    (void)state;
+    char *block = spanalloc_malloc(40 * SA_PAGE_SIZE);
+    uintptr_t inner = (uintptr_t)block + 7 * SA_PAGE_SIZE;
+    spanalloc_free(block);
+    uintptr_t bias = sa_pagemap_bias(inner);
+    assert_true(bias != 0);
+    assert_true(bias & SA_LEAF_TAG);
+    struct sa_arena_leaf *leaf = sa_pagemap_leaf(inner);
+    assert_non_null(leaf);
+    size_t page = (inner >> SA_PAGE_SHIFT) & (SA_PAGES_PER_ARENA - 1);
+    assert_ptr_equal(sa_pagemap_entry(bias, inner), &sa_span_none);
+    assert_ptr_equal(atomic_load(&leaf->spans[page]), &sa_span_none);
+    assert_null(sa_pagemap_lookup(inner));
+    for (size_t i = 0; i < SA_PAGES_PER_ARENA; i++)
+        assert_non_null(atomic_load(&leaf->spans[i]));
+    assert_true((uint64_t)(inner - sa_span_none.base) * sa_span_none.free_magic >=
+                sa_span_none.free_limit);
+    assert_int_equal(sa_pagemap_bias((uintptr_t)1 << 47), 0);
+    assert_int_equal(sa_pagemap_bias(UINTPTR_MAX), 0);
+}
+
 /* The released bitmap counts exactly, across a 64 MiB leaf boundary. */
 static void released_bitmap_counts_across_leaves(void **state)
 {
@@ -113,6 +140,7 @@ int main(void)
         cmocka_unit_test(foreign_addresses_map_to_nothing),
         cmocka_unit_test(every_page_of_an_inuse_span_maps_to_it),
         cmocka_unit_test(free_span_maps_only_its_ends),
+        cmocka_unit_test(unheld_pages_map_to_the_none_span),
         cmocka_unit_test(released_bitmap_counts_across_leaves),
     };
     return cmocka_run_group_tests_name("pagemap", tests, NULL, NULL);
