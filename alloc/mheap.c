@@ -540,8 +540,9 @@ static void free_locked(struct sa_span *s)
 
 /* SPANALLOC_IDLE_LIMIT: resident idle memory is kept at most pct% of the
  * heap in use (never less than SA_IDLE_LIMIT_FLOOR).  Past the limit, the
- * oldest idle spans are released down to half of it, so a heap hovering at
- * the limit does not pay a syscall on every free.  Heap lock held. */
+ * oldest idle spans (those idle for SPANALLOC_IDLE_DELAY) are released down
+ * to half of it, so a heap hovering at the limit does not pay a syscall on
+ * every free.  Heap lock held. */
 #define SA_IDLE_LIMIT_FLOOR_PAGES 512 /* 4 MiB */
 
 static uint64_t idle_excess_locked(void)
@@ -582,6 +583,14 @@ uint64_t sa_mheap_enforce_idle_limit(uint64_t excess)
     if (delay != 0) {
         uint64_t now = sa_os_now_ns();
         cutoff = now > delay ? now - delay : 0;
+        /* Nothing old enough yet (the common case while over the limit):
+         * skip the release pass, which would also empty the large-span
+         * cache for nothing. */
+        pthread_mutex_lock(&heap_lock);
+        bool aged = age_first != NULL && age_first->idle_since_ns <= cutoff;
+        pthread_mutex_unlock(&heap_lock);
+        if (!aged)
+            return 0;
     }
     return sa_mheap_scavenge(cutoff, excess);
 }

@@ -1,7 +1,7 @@
 /*
  * scavenger.c: giving idle memory back to the OS.
  *
- * Three ways memory goes back:
+ * Four ways memory goes back:
  *   - the background scavenger, a thread started on the heap's first growth
  *     (never from a constructor or the loader), which wakes every
  *     min(idle threshold / 2, 5 s) and releases the pages of spans idle longer
@@ -10,9 +10,10 @@
  *   - the soft memory limit: while heap_sys - heap_released + metadata is
  *     above it, idle spans are released oldest first whatever their age, by
  *     the scavenger and synchronously when the heap grows;
- *   - the idle limit (SPANALLOC_IDLE_LIMIT, off by default): resident idle
- *     memory above a share of the heap in use is released at once, by the
- *     freeing thread (alloc/mheap.c) and by the scavenger.
+ *   - the idle limit (SPANALLOC_IDLE_LIMIT, default 10%): resident idle
+ *     memory above a share of the heap in use is released once idle for
+ *     SPANALLOC_IDLE_DELAY (default 100 ms), by the freeing thread
+ *     (alloc/mheap.c) and by the scavenger.
  * The mheap does the releasing in bounded chunks without its lock held; this
  * file decides when and how much.
  */

@@ -180,11 +180,16 @@ static void memory_limit_releases_young_idle_memory(void **state)
     assert_stats_invariants(&st);
 }
 
-/* SPANALLOC_IDLE_LIMIT: past pct% of the heap in use, a free releases the
- * oldest idle memory at once, down to half the limit; below it, nothing. */
+/* SPANALLOC_IDLE_LIMIT with SPANALLOC_IDLE_DELAY=0: past pct% of the heap
+ * in use, a free releases the oldest idle memory at once, down to half the
+ * limit; below it, nothing. */
 static void idle_limit_releases_at_free(void **state)
 {
     (void)state;
+    uint64_t delay = sa_options.idle_delay_ns;
+    uint32_t pct = sa_options.idle_limit_pct;
+    sa_options.idle_delay_ns = 0;
+    sa_options.idle_limit_pct = 0;
     free_os_memory();
     struct sa_span *keep = sa_mheap_alloc_large(8192, 1); /* 64 MiB in use */
     struct sa_span *small = sa_mheap_alloc_large(640, 1); /* 5 MiB */
@@ -212,6 +217,52 @@ static void idle_limit_releases_at_free(void **state)
 
     sa_options.idle_limit_pct = 0;
     sa_mheap_free_large(keep);
+    struct mem_stats st = stats_now();
+    assert_stats_invariants(&st);
+    sa_options.idle_delay_ns = delay;
+    sa_options.idle_limit_pct = pct;
+}
+
+/* The default: the idle limit releases only spans idle for at least
+ * SPANALLOC_IDLE_DELAY (100 ms), so memory freed and reused within the delay
+ * is never released; a later free, or the scavenger, releases the excess
+ * once it has aged. */
+static void idle_limit_waits_for_the_delay(void **state)
+{
+    (void)state;
+    assert_int_equal(sa_options.idle_limit_pct, 10);       /* the defaults */
+    assert_int_equal(sa_options.idle_delay_ns, 100 * SECOND / 1000);
+    sa_options.idle_limit_pct = 0;
+    free_os_memory();
+    struct sa_span *keep = sa_mheap_alloc_large(8192, 1); /* 64 MiB in use */
+    struct sa_span *big = sa_mheap_alloc_large(2048, 1);  /* 16 MiB */
+    touch(keep);
+    touch(big);
+    sa_options.idle_limit_pct = 10;
+    struct sa_heap_counters h0 = heap_now();
+
+    /* 16 MiB idle against a limit of 6.4 MiB, but freed just now: kept. */
+    sa_mheap_free_large(big);
+    struct sa_heap_counters h1 = heap_now();
+    assert_int_equal(h1.released_pages, h0.released_pages);
+    assert_true(sa_mheap_idle_excess() > 0);
+
+    /* Still younger than the delay: the scavenger's pass releases nothing. */
+    fake_now += 99 * SECOND / 1000;
+    assert_int_equal(sa_mheap_enforce_idle_limit(sa_mheap_idle_excess()), 0);
+
+    /* Aged past it: released down to half the limit. */
+    fake_now += 2 * SECOND / 1000;
+    assert_true(sa_mheap_enforce_idle_limit(sa_mheap_idle_excess()) > 0);
+    struct sa_heap_counters h2 = heap_now();
+    uint64_t resident_idle = (h2.sys_bytes >> SA_PAGE_SHIFT) - h2.inuse_pages - h2.released_pages;
+    assert_true(resident_idle <= 8192 * 10 / 100 / 2);
+    assert_true(h2.released_pages >= h1.released_pages + 2048 - 8192 * 10 / 100 / 2);
+    assert_int_equal(sa_mheap_idle_excess(), 0);
+
+    sa_options.idle_limit_pct = 0;
+    sa_mheap_free_large(keep);
+    sa_options.idle_limit_pct = 10;
     struct mem_stats st = stats_now();
     assert_stats_invariants(&st);
 }
@@ -362,6 +413,7 @@ int main(void)
         cmocka_unit_test(big_span_is_released_in_chunks),
         cmocka_unit_test(memory_limit_releases_young_idle_memory),
         cmocka_unit_test(idle_limit_releases_at_free),
+        cmocka_unit_test(idle_limit_waits_for_the_delay),
         cmocka_unit_test(idle_limit_option_parses),
         cmocka_unit_test(large_span_grows_into_free_neighbour),
         cmocka_unit_test(large_cache_reuses_and_scavenge_empties_it),
