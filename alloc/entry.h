@@ -13,6 +13,8 @@ void *sa_malloc_large(size_t size, size_t align);
 
 static inline void *sa_malloc_inline(size_t size)
 {
+    if (SA_LIKELY(size <= SA_DIRECT_MAX))
+        return sa_mcache_alloc(sa_direct_size_to_list[size]);
     if (SA_LIKELY(size <= SA_MAX_SMALL))
         return sa_mcache_alloc(sa_size_list_offset(size));
     return sa_malloc_large(size, 0);

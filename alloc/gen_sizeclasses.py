@@ -19,6 +19,7 @@ Run: python3 alloc/gen_sizeclasses.py > alloc/sizeclasses_table.h
 """
 PAGE = 8192
 MAX_SMALL = 32768
+DIRECT_MAX = 1024  # sizes looked up without rounding (see main)
 
 
 def spacing(size):
@@ -88,6 +89,14 @@ def main():
     print("#define SA_SIZE_TO_CLASS(C) { \\")
     for i in range(0, len(table), 16):
         print("    " + ", ".join("C(%d)" % x for x in table[i:i + 16]) + ", \\")
+    print("}")
+    # The same for requests of at most DIRECT_MAX bytes, one entry per byte:
+    # indexed by the size itself, it saves the fast path the rounding.
+    direct = [class_of(max(n, 1)) for n in range(DIRECT_MAX + 1)]
+    print("#define SA_DIRECT_MAX %d" % DIRECT_MAX)
+    print("#define SA_DIRECT_SIZE_TO_CLASS(C) { \\")
+    for i in range(0, len(direct), 16):
+        print("    " + ", ".join("C(%d)" % x for x in direct[i:i + 16]) + ", \\")
     print("}")
 
 if __name__ == "__main__":

@@ -49,6 +49,10 @@ extern const uint32_t sa_class_magic[SA_NUM_CLASSES];
  * and has its list, with no multiply.  sa_size_class() below divides back. */
 extern const uint16_t sa_size_to_list[SA_MAX_SMALL / 16 + 1];
 
+/* The same for requests of at most SA_DIRECT_MAX bytes, indexed by the size
+ * itself (2 KiB): the common small request skips the rounding. */
+extern const uint16_t sa_direct_size_to_list[SA_DIRECT_MAX + 1];
+
 /* List offset for a small request (size <= SA_MAX_SMALL): one table load. */
 static inline size_t sa_size_list_offset(size_t size)
 {
@@ -326,6 +330,9 @@ extern __thread struct sa_mcache *sa_tls_cache
 extern struct sa_mcache sa_empty_cache;
 
 void *sa_mcache_alloc_slow(unsigned cls);
+/* A free block whose seal is broken: reports and aborts.  Not declared
+ * noreturn, so that malloc reaches it with a jump and keeps no stack frame. */
+SA_COLD void *sa_mcache_bad_block(void *block);
 void sa_mcache_free_slow(void *block, unsigned cls);
 void sa_mcache_flush_current(void);
 uint32_t sa_mcache_list_cap(unsigned cls);

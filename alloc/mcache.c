@@ -234,6 +234,12 @@ static void *direct_alloc(unsigned cls)
     return block;
 }
 
+void *sa_mcache_bad_block(void *block)
+{
+    sa_report("corrupted free block (written after free)", block,
+              sa_pagemap_lookup((uintptr_t)block));
+}
+
 void *sa_mcache_alloc_slow(unsigned cls)
 {
     struct sa_mcache *c = current_cache();

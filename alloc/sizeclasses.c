@@ -23,3 +23,4 @@ const uint32_t sa_class_magic[SA_NUM_CLASSES] = {SA_CLASS_TABLE};
 
 #define LIST_OFFSET(cls) ((cls) << SA_LIST_SHIFT)
 const uint16_t sa_size_to_list[SA_MAX_SMALL / 16 + 1] = SA_SIZE_TO_CLASS(LIST_OFFSET);
+const uint16_t sa_direct_size_to_list[SA_DIRECT_MAX + 1] = SA_DIRECT_SIZE_TO_CLASS(LIST_OFFSET);

@@ -68,6 +68,19 @@ static void lookup_gives_smallest_fitting_class(void **state)
     }
 }
 
+/* malloc looks up requests of at most SA_DIRECT_MAX bytes in a per-byte
+ * table: it must give the same list (the smallest fitting class) as the
+ * rounded table, for every size. */
+static void direct_lookup_matches_the_rounded_one(void **state)
+{
+    (void)state;
+    for (size_t size = 0; size <= SA_DIRECT_MAX; size++) {
+        assert_int_equal(sa_direct_size_to_list[size], sa_size_list_offset(size));
+        unsigned c = sa_direct_size_to_list[size] >> SA_LIST_SHIFT;
+        assert_true(sa_class_size[c] >= size && (c == 1 || sa_class_size[c - 1] < size));
+    }
+}
+
 /* free() turns an offset into an object index with a multiply: exact for
  * every byte offset inside a span of the class. */
 static void division_magic_is_exact(void **state)
@@ -119,6 +132,7 @@ int main(void)
         cmocka_unit_test(round_up_waste_is_bounded),
         cmocka_unit_test(span_tail_waste_is_bounded_and_pages_minimal),
         cmocka_unit_test(lookup_gives_smallest_fitting_class),
+        cmocka_unit_test(direct_lookup_matches_the_rounded_one),
         cmocka_unit_test(division_magic_is_exact),
         cmocka_unit_test(free_check_accepts_exactly_object_starts),
     };
