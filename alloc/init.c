@@ -27,11 +27,11 @@ uintptr_t sa_link_key, sa_mark_key;
 struct sa_options sa_options = {
     .scavenge_idle_ns = 5 * 60 * NS_PER_S,
     /* Idle memory beyond 10% of the heap in use (at least 4 MiB) goes back
-     * once idle for 100 ms: a churning heap's fragments do not wait for the
+     * once idle for 150 ms: a churning heap's fragments do not wait for the
      * age rule, memory reused within the delay never pays a fault
      * (docs/tuning.md, docs/benchmarks.md). */
     .idle_limit_pct = 10,
-    .idle_delay_ns = 100 * NS_PER_MS,
+    .idle_delay_ns = 150 * NS_PER_MS,
     .scavenger_enabled = true,
     .stats_at_exit = -1,
     .stats_interval_ns = 10 * NS_PER_S,

@@ -12,7 +12,7 @@
  *     the scavenger and synchronously when the heap grows;
  *   - the idle limit (SPANALLOC_IDLE_LIMIT, default 10%): resident idle
  *     memory above a share of the heap in use is released once idle for
- *     SPANALLOC_IDLE_DELAY (default 100 ms), by the freeing thread
+ *     SPANALLOC_IDLE_DELAY (default 150 ms), by the freeing thread
  *     (alloc/mheap.c) and by the scavenger.
  * The mheap does the releasing in bounded chunks without its lock held; this
  * file decides when and how much.

@@ -224,14 +224,14 @@ static void idle_limit_releases_at_free(void **state)
 }
 
 /* The default: the idle limit releases only spans idle for at least
- * SPANALLOC_IDLE_DELAY (100 ms), so memory freed and reused within the delay
+ * SPANALLOC_IDLE_DELAY (150 ms), so memory freed and reused within the delay
  * is never released; a later free, or the scavenger, releases the excess
  * once it has aged. */
 static void idle_limit_waits_for_the_delay(void **state)
 {
     (void)state;
     assert_int_equal(sa_options.idle_limit_pct, 10);       /* the defaults */
-    assert_int_equal(sa_options.idle_delay_ns, 100 * SECOND / 1000);
+    assert_int_equal(sa_options.idle_delay_ns, 150 * SECOND / 1000);
     sa_options.idle_limit_pct = 0;
     free_os_memory();
     struct sa_span *keep = sa_mheap_alloc_large(8192, 1); /* 64 MiB in use */
@@ -248,7 +248,7 @@ static void idle_limit_waits_for_the_delay(void **state)
     assert_true(sa_mheap_idle_excess() > 0);
 
     /* Still younger than the delay: the scavenger's pass releases nothing. */
-    fake_now += 99 * SECOND / 1000;
+    fake_now += 149 * SECOND / 1000;
     assert_int_equal(sa_mheap_enforce_idle_limit(sa_mheap_idle_excess()), 0);
 
     /* Aged past it: released down to half the limit. */
