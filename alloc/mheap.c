@@ -522,7 +522,8 @@ bool sa_mheap_grow_large(struct sa_span *s, size_t npages)
 
 /* ---- Freeing */
 
-static void free_locked(struct sa_span *s)
+/* Return span s to the free structures, idle since idle_since (ns). */
+static void free_locked_since(struct sa_span *s, uint64_t idle_since)
 {
     counters.inuse_pages -= s->npages;
     if (s->npages > 2)
@@ -533,9 +534,14 @@ static void free_locked(struct sa_span *s)
     s->nelems = 0; /* a pointer into it fails free()'s inline index check */
     s->free_limit = 0;
     s->freelist = NULL;
-    s->idle_since_ns = sa_os_now_ns();
+    s->idle_since_ns = idle_since;
     s->released_pages = 0;
     coalesce_and_insert(s);
+}
+
+static void free_locked(struct sa_span *s)
+{
+    free_locked_since(s, sa_os_now_ns());
 }
 
 /* SPANALLOC_IDLE_LIMIT: resident idle memory is kept at most pct% of the
@@ -667,6 +673,7 @@ void sa_mheap_free_large_cached(struct sa_span *s)
     if (s->npages <= LARGE_CACHE_SPAN_PAGES && large_cache_n < LARGE_CACHE_SLOTS &&
         large_cache_pages + s->npages <= LARGE_CACHE_TOTAL_PAGES) {
         s->state = SA_SPAN_CACHED;
+        s->idle_since_ns = sa_os_now_ns(); /* kept when the cache is emptied */
         large_cache[large_cache_n++] = s;
         large_cache_pages += s->npages;
         pthread_mutex_unlock(&heap_lock);
@@ -707,7 +714,10 @@ static void flush_large_cache_locked(void)
     while (large_cache_n > 0) {
         struct sa_span *s = large_cache[--large_cache_n];
         large_cache_pages -= s->npages;
-        free_locked(s);
+        /* Idle since it was cached: emptying the cache must not make it,
+         * or the older span it merges with, look freshly freed to the age
+         * rule and the idle limit. */
+        free_locked_since(s, s->idle_since_ns);
     }
 }
 

@@ -350,6 +350,30 @@ static void large_span_grows_into_free_neighbour(void **state)
 /* The large-span cache: a freed span of up to 32 pages is handed out again
  * whole for the same size, stays in heap_inuse but leaves heap_alloc; a
  * miss and any scavenge empty the cache. */
+/* A span emptied from the large-span cache keeps the time it was freed:
+ * the age rule releases it (and what it merges with) once that time is past
+ * the threshold, as if it had gone to the heap at once. */
+static void cached_span_keeps_its_idle_age(void **state)
+{
+    (void)state;
+    uint32_t pct = sa_options.idle_limit_pct;
+    sa_options.idle_limit_pct = 0; /* the age rule alone */
+    free_os_memory();
+    struct sa_span *s = sa_mheap_alloc_large(8, 1);
+    uintptr_t base = s->base;
+    touch(s);
+    sa_mheap_free_large_cached(s);
+    assert_int_equal(s->state, SA_SPAN_CACHED);
+    fake_now += 6 * MINUTE;
+    /* The scavenge empties the cache, then releases what is idle 5 minutes. */
+    struct sa_heap_counters before = heap_now();
+    sa_mheap_scavenge(fake_now - 5 * MINUTE, UINT64_MAX);
+    struct sa_heap_counters after = heap_now();
+    assert_true(after.released_pages >= before.released_pages + 8);
+    assert_int_equal(sa_pagemap_count_released(base, 8), 8);
+    sa_options.idle_limit_pct = pct;
+}
+
 static void large_cache_reuses_and_scavenge_empties_it(void **state)
 {
     (void)state;
@@ -417,6 +441,7 @@ int main(void)
         cmocka_unit_test(idle_limit_option_parses),
         cmocka_unit_test(large_span_grows_into_free_neighbour),
         cmocka_unit_test(large_cache_reuses_and_scavenge_empties_it),
+        cmocka_unit_test(cached_span_keeps_its_idle_age),
     };
     return cmocka_run_group_tests_name("mheap", tests, NULL, NULL);
 }
