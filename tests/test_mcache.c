@@ -110,10 +110,11 @@ static void malloc_works_after_thread_teardown(void **state)
 }
 
 /* Blocks freed by another thread land in that thread's cache. */
+#define FREED_PER_THREAD 100
 static void *free_them(void *arg)
 {
     void **blocks = arg;
-    for (int i = 0; i < 100; i++)
+    for (int i = 0; i < FREED_PER_THREAD; i++)
         spanalloc_free(blocks[i]);
     return NULL;
 }
@@ -141,26 +142,18 @@ static void cross_thread_free_is_counted_once(void **state)
  * threads doing that at once must leave the empty cache empty and at room
  * 0, or a later free would push a block onto a list every thread shares. */
 #define FIRST_FREE_THREADS 8
-static void *blocks_for_first_free[FIRST_FREE_THREADS][64];
-
-static void *first_op_is_free(void *arg)
-{
-    void **blocks = arg;
-    for (int i = 0; i < 64; i++)
-        spanalloc_free(blocks[i]);
-    return NULL;
-}
+static void *blocks_for_first_free[FIRST_FREE_THREADS][FREED_PER_THREAD];
 
 static void first_free_leaves_the_empty_cache_empty(void **state)
 {
     (void)state;
     struct mem_stats before = stats_now();
     for (int t = 0; t < FIRST_FREE_THREADS; t++)
-        for (int i = 0; i < 64; i++)
+        for (int i = 0; i < FREED_PER_THREAD; i++)
             blocks_for_first_free[t][i] = spanalloc_malloc(16 + 16 * (size_t)(i % 8));
     pthread_t th[FIRST_FREE_THREADS];
     for (int t = 0; t < FIRST_FREE_THREADS; t++)
-        pthread_create(&th[t], NULL, first_op_is_free, blocks_for_first_free[t]);
+        pthread_create(&th[t], NULL, free_them, blocks_for_first_free[t]);
     for (int t = 0; t < FIRST_FREE_THREADS; t++)
         pthread_join(th[t], NULL);
     for (unsigned cls = 0; cls < SA_NUM_CLASSES; cls++) {
@@ -169,7 +162,7 @@ static void first_free_leaves_the_empty_cache_empty(void **state)
         assert_int_equal(sa_empty_cache.lists[cls].cap, 0);
     }
     struct mem_stats after = stats_now();
-    assert_int_equal(after.frees, before.frees + FIRST_FREE_THREADS * 64);
+    assert_int_equal(after.frees, before.frees + FIRST_FREE_THREADS * FREED_PER_THREAD);
     assert_int_equal(after.heap_alloc, before.heap_alloc);
     assert_stats_invariants(&after);
 }

@@ -309,15 +309,21 @@ static int run_child(const char *scenario, const char *const env[], char *out, s
     return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
 }
 
+/* Burst in a child with env; the child waits (bounded) for RSS to fall. */
+static void burst_is_released_in_child(const char **env)
+{
+    static char out[4096];
+    int rc = run_child("wait-scavenger", env, out, sizeof(out));
+    print_message("%s", out);
+    assert_int_equal(rc, 0);
+}
+
 static void scavenger_releases_within_ten_seconds(void **state)
 {
     (void)state;
     REQUIRE_NATIVE_SPANALLOC();
-    static char out[4096];
     const char *env[] = {"SPANALLOC_SCAVENGE_IDLE=1s", NULL};
-    int rc = run_child("wait-scavenger", env, out, sizeof(out));
-    print_message("%s", out);
-    assert_int_equal(rc, 0);
+    burst_is_released_in_child(env);
 }
 
 /* The age rule alone (idle limit off): a burst idle for less than the 5-minute
@@ -338,11 +344,8 @@ static void idle_limit_returns_a_burst_by_default(void **state)
 {
     (void)state;
     REQUIRE_NATIVE_SPANALLOC();
-    static char out[4096];
     const char *env[] = {"SPANALLOC_SCAVENGE_IDLE=5m", NULL};
-    int rc = run_child("wait-scavenger", env, out, sizeof(out));
-    print_message("%s", out);
-    assert_int_equal(rc, 0);
+    burst_is_released_in_child(env);
 }
 
 /* The scvg lines appear and agree with read_mem_stats. */
