@@ -82,8 +82,9 @@ struct sa_span {
     uintptr_t base __attribute__((packed, aligned(4)));
     uint32_t div_magic;   /* ceil(2^32 / elem_size): offset -> index */
     uint8_t state;        /* enum sa_span_state */
-    uint8_t cls;          /* size class, 0 for large and free spans */
-    uint16_t list_off;    /* cls * sizeof(struct sa_cache_list), for free() */
+    uint16_t list_off;    /* size class * sizeof(struct sa_cache_list): free()
+                           * adds it to the cache pointer; 0 for large and
+                           * free spans (the class is sa_span_cls()) */
     uint8_t needzero;     /* pages may hold old data (calloc must clear) */
     uint8_t on_list;      /* which list holds it (heap: dirty/clean) */
     uint32_t npages;
@@ -275,6 +276,12 @@ struct sa_cache_list {
 #define SA_LIST_SHIFT 5
 _Static_assert(sizeof(struct sa_cache_list) == 1u << SA_LIST_SHIFT, "list size");
 
+/* Size class of a span, 0 unless SMALL. */
+static inline unsigned sa_span_cls(const struct sa_span *s)
+{
+    return (unsigned)(s->list_off >> SA_LIST_SHIFT);
+}
+
 /* Class of a small request (size <= SA_MAX_SMALL), for the slow paths. */
 static inline unsigned sa_size_class(size_t size)
 {
@@ -333,7 +340,7 @@ void *sa_mcache_alloc_slow(unsigned cls);
 /* A free block whose seal is broken: reports and aborts.  Not declared
  * noreturn, so that malloc reaches it with a jump and keeps no stack frame. */
 SA_COLD void *sa_mcache_bad_block(void *block);
-void sa_mcache_free_slow(void *block, unsigned cls);
+void sa_mcache_free_slow(void *block, const struct sa_span *s);
 void sa_mcache_flush_current(void);
 uint32_t sa_mcache_list_cap(unsigned cls);
 size_t sa_mcache_bound_bytes(void);

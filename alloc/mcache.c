@@ -270,8 +270,9 @@ void *sa_mcache_alloc_slow(unsigned cls)
  * cache of its own) threads may race on that field; each writes either a
  * decrement of a value <= 0 or 0, so room never turns positive there and
  * nothing is ever pushed onto the empty cache. */
-void sa_mcache_free_slow(void *block, unsigned cls)
+void sa_mcache_free_slow(void *block, const struct sa_span *s)
 {
+    unsigned cls = sa_span_cls(s);
     struct sa_cache_list *own = &sa_tls_cache->lists[cls];
     if (SA_PEER_READ(own->room) < 0)
         __atomic_store_n(&own->room, 0, __ATOMIC_RELAXED);

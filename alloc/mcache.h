@@ -52,7 +52,7 @@ static inline void sa_mcache_free(void *block, struct sa_span *s)
     struct sa_mcache *c = sa_tls_cache;
     struct sa_cache_list *l = sa_cache_list_at(c, s->list_off);
     if (SA_UNLIKELY(SA_OWNER_DEC(l->room) < 0)) {
-        sa_mcache_free_slow(block, s->cls);
+        sa_mcache_free_slow(block, s);
         return;
     }
     uintptr_t *w = block;

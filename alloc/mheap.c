@@ -433,7 +433,6 @@ static void set_free_check(struct sa_span *s)
 /* Publish an allocated span: every page maps to it. */
 static void publish(struct sa_span *s, unsigned cls)
 {
-    s->cls = (uint8_t)cls;
     s->list_off = (uint16_t)(cls << SA_LIST_SHIFT);
     if (cls != 0) {
         s->state = SA_SPAN_SMALL;
@@ -529,7 +528,6 @@ static void free_locked_since(struct sa_span *s, uint64_t idle_since)
     if (s->npages > 2)
         sa_pagemap_set(s->base + SA_PAGE_SIZE, s->npages - 2, NULL);
     s->state = SA_SPAN_FREE;
-    s->cls = 0;
     s->list_off = 0;
     s->nelems = 0; /* a pointer into it fails free()'s inline index check */
     s->free_limit = 0;
@@ -601,7 +599,8 @@ uint64_t sa_mheap_enforce_idle_limit(uint64_t excess)
     return sa_mheap_scavenge(cutoff, excess);
 }
 
-static void enforce_idle_limit(uint64_t excess)
+/* The free paths' call: the test stays inline, the release out of line. */
+static inline void enforce_idle_limit(uint64_t excess)
 {
     if (SA_UNLIKELY(excess != 0))
         sa_mheap_enforce_idle_limit(excess);

@@ -2,7 +2,8 @@
  * pagemap.c: the map from an address to the span that holds it.
  *
  * Readers (free, realloc, usable_size) take no lock: a root entry is either
- * NULL or a complete, never-freed leaf, published with a release store.  A
+ * 0 or a complete, never-freed leaf (biased, see sa_leaf_bias), published
+ * with a release store.  A
  * leaf entry is never NULL: a page no span holds maps to sa_span_none, which
  * saves free()'s fast path a test (sa_pagemap_lookup hides it from the rest).
  * Writers hold the heap lock.  The root is a static array: the kernel maps its

@@ -50,7 +50,7 @@ void sa_report(const char *what, const void *ptr, const struct sa_span *s)
     put_uint(&m, (uintptr_t)ptr, 16);
     if (s != NULL && s->state == SA_SPAN_SMALL) {
         put_str(&m, " (size class ");
-        put_uint(&m, s->cls, 10);
+        put_uint(&m, sa_span_cls(s), 10);
         put_str(&m, ", ");
         put_uint(&m, s->elem_size, 10);
         put_str(&m, " bytes)");

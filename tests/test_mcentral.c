@@ -16,7 +16,7 @@ static unsigned list_length(void *head, unsigned cls)
     for (void *b = head; b != NULL; b = sa_decode_link(((uintptr_t *)b)[0])) {
         struct sa_span *s = sa_pagemap_lookup((uintptr_t)b);
         assert_non_null(s);
-        assert_int_equal(s->cls, cls);
+        assert_int_equal(sa_span_cls(s), cls);
         assert_true(sa_block_is_free(b));
         assert_int_equal(((uintptr_t)b - s->base) % s->elem_size, 0);
         n++;

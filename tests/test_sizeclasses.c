@@ -106,7 +106,7 @@ static void free_check_accepts_exactly_object_starts(void **state)
         assert_non_null(p);
         struct sa_span *s = sa_pagemap_lookup((uintptr_t)p);
         assert_non_null(s);
-        assert_int_equal(s->cls, cls);
+        assert_int_equal(sa_span_cls(s), cls);
         uint64_t span_bytes = (uint64_t)s->npages << SA_PAGE_SHIFT;
         for (uint64_t off = 0; off < span_bytes; off++) {
             bool accepted = off * s->free_magic < s->free_limit;

@@ -304,7 +304,7 @@ static void check_stats(bool after_release)
         live++;
         bytes += spanalloc_usable_size(slots[i].ptr);
         if (sp->state == SA_SPAN_SMALL)
-            class_live[sp->cls]++;
+            class_live[sa_span_cls(sp)]++;
     }
     CHECK(st.heap_objects == live, "heap_objects %llu, model %llu",
           (unsigned long long)st.heap_objects, (unsigned long long)live);
