@@ -305,8 +305,11 @@ static void random_operations_with_cross_thread_frees(void **state)
     assert_stats_invariants(&base);
     pthread_barrier_init(&producers_done, NULL, NTHREADS);
     pthread_t t[NTHREADS];
-    for (int i = 0; i < NTHREADS; i++) {
+    /* Every inbox is ready before any worker starts: a worker sends to the
+     * others' inboxes at once. */
+    for (int i = 0; i < NTHREADS; i++)
         pthread_mutex_init(&inboxes[i].lock, NULL);
+    for (int i = 0; i < NTHREADS; i++) {
         workers[i] = (struct worker){.id = i, .rng = 1000u + (unsigned)i * 7919u, .rounds = rounds};
         assert_int_equal(pthread_create(&t[i], NULL, random_worker, &workers[i]), 0);
     }
