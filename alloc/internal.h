@@ -132,8 +132,9 @@ void sa_span_record_free(struct sa_span *s);
  * holds the arena's released-page bitmap (heap lock).  Leaves are never freed,
  * so a reader needs no lock: it sees NULL or a complete leaf.
  *
- * In-use spans map every page; free spans map their first and last page (for
- * coalescing) and nothing in between.
+ * Small spans map every page (free() finds an object's span from its page);
+ * large and free spans map their first and last page (for coalescing) and
+ * nothing in between, so a pointer into a large block's middle finds none.
  */
 struct sa_arena_leaf {
     _Atomic(struct sa_span *) spans[SA_PAGES_PER_ARENA];
@@ -376,6 +377,7 @@ struct sa_heap_counters {
     uint64_t span_records, span_records_sys;
     uint64_t madvise_failures;
     uint64_t pagemap_sys;      /* page-map leaves and the root pages used */
+    uint64_t released_inline;  /* bytes freeing threads released themselves */
 };
 
 /* Allocate a span; *grew says the heap mapped new memory, and the caller
@@ -385,6 +387,8 @@ void sa_mheap_free(struct sa_span *s);
 struct sa_span *sa_mheap_alloc_large(size_t npages, size_t align_pages);
 void sa_mheap_free_large(struct sa_span *s);
 bool sa_mheap_grow_large(struct sa_span *s, size_t npages); /* in place, or false */
+/* realloc's shrink in place: the pages past npages go back to the heap. */
+bool sa_mheap_shrink_large(struct sa_span *s, size_t npages);
 /* The large-span cache (malloc.c's large objects): free keeps a small span
  * whole, or frees it as sa_mheap_free_large; take returns one of exactly
  * npages, or NULL. */
@@ -398,6 +402,18 @@ uint64_t sa_mheap_scavenge(uint64_t cutoff_ns, uint64_t max_bytes);
 uint64_t sa_mheap_idle_excess(void);
 /* Release the idle limit's excess among spans idle for SPANALLOC_IDLE_DELAY. */
 uint64_t sa_mheap_enforce_idle_limit(uint64_t excess);
+/* A freeing thread's own release when no scavenger thread takes the excess:
+ * at most SA_INLINE_RELEASE_BYTES. */
+#define SA_INLINE_RELEASE_BYTES ((uint64_t)256 << 10)
+uint64_t sa_mheap_release_inline(uint64_t excess);
+/* When the idle limit's next release is due (ns, sa_os_now_ns's clock), 0 if
+ * nothing is over the limit. */
+uint64_t sa_mheap_idle_due_ns(void);
+/* Refresh the coarse clock of the idle stamps (the scavenger, each wake). */
+void sa_mheap_clock_tick(void);
+/* Test support: check the free spans' structure; NULL if sound, else what
+ * is wrong.  Heap lock taken. */
+const char *sa_mheap_verify(void);
 void sa_mheap_lock(void);
 void sa_mheap_unlock(void);
 void sa_mheap_fork_child(void);
@@ -456,6 +472,9 @@ SA_COLD __attribute__((noreturn)) void sa_bad_small_free(void *ptr, struct sa_sp
 /* ---- Hooks into the scavenger (scavenger/scavenger.c) */
 void sa_scavenger_on_grow(void);   /* heap grew: start thread, check limit */
 void sa_scavenger_poke(void);      /* no lock held: restart after fork */
+/* A free left resident idle memory over the idle limit (no lock held): wake
+ * the scavenger thread, or release a bounded amount if none runs. */
+void sa_scavenger_idle_excess(uint64_t excess);
 void sa_scavenger_fork_prepare(void);
 void sa_scavenger_fork_parent(void);
 void sa_scavenger_fork_child(void);

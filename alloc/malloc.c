@@ -34,9 +34,7 @@ void *sa_malloc_large(size_t size, size_t align)
     size_t npages = (size + SA_PAGE_SIZE - 1) >> SA_PAGE_SHIFT;
     size_t align_pages = align > SA_PAGE_SIZE ? align >> SA_PAGE_SHIFT : 1;
     npages = npages ? npages : 1;
-    struct sa_span *s = align_pages == 1 ? sa_mheap_take_cached(npages) : NULL;
-    if (s == NULL)
-        s = sa_mheap_alloc_large(npages, align_pages);
+    struct sa_span *s = sa_mheap_alloc_large(npages, align_pages); /* the cache first */
     if (s == NULL) {
         errno = ENOMEM;
         return NULL;
@@ -148,6 +146,14 @@ void *spanalloc_realloc(void *ptr, size_t size)
     }
     struct sa_span *s = sa_checked_span(ptr, "realloc");
     size_t usable = s->state == SA_SPAN_SMALL ? s->elem_size : (size_t)s->npages << SA_PAGE_SHIFT;
+    /* A large block that stays large shrinks in place: the pages past the
+     * new size go back to the heap (not under memcheck, whose record of the
+     * block's size would go stale). */
+    if (s->state == SA_SPAN_LARGE && size > SA_MAX_SMALL && size <= usable && !sa_on_valgrind) {
+        size_t npages = (size + SA_PAGE_SIZE - 1) >> SA_PAGE_SHIFT;
+        if (npages == s->npages || sa_mheap_shrink_large(s, npages))
+            return ptr;
+    }
     /* Keep the block while the new size fits and wastes at most half. */
     if (size <= usable && size >= usable / 2)
         return ptr;

@@ -181,9 +181,11 @@ static void memory_limit_releases_young_idle_memory(void **state)
 }
 
 /* SPANALLOC_IDLE_LIMIT with SPANALLOC_IDLE_DELAY=0: past pct% of the heap
- * in use, a free releases the oldest idle memory at once, down to half the
- * limit; below it, nothing. */
-static void idle_limit_releases_at_free(void **state)
+ * in use, the oldest idle memory is released down to half the limit; below
+ * it, nothing.  The free that crosses the limit hands the release over (no
+ * scavenger thread runs here, so the freeing thread does its bounded share,
+ * at most SA_INLINE_RELEASE_BYTES); the scavenger's pass does the rest. */
+static void idle_limit_release_is_handed_off(void **state)
 {
     (void)state;
     uint64_t delay = sa_options.idle_delay_ns;
@@ -204,16 +206,32 @@ static void idle_limit_releases_at_free(void **state)
     sa_mheap_free_large(small);
     struct sa_heap_counters h1 = heap_now();
     assert_int_equal(h1.released_pages, h0.released_pages);
+    assert_int_equal(h1.released_inline, h0.released_inline);
     assert_int_equal(sa_mheap_idle_excess(), 0);
 
-    /* 21 MiB idle against a limit of 6.4 MiB: released down to 3.2 MiB,
-     * the older span (small) first, then chunks of big. */
+    /* 21 MiB idle against a limit of 6.4 MiB: the free releases only its
+     * bounded share itself, the oldest (small's) pages first. */
     sa_mheap_free_large(big);
     struct sa_heap_counters h2 = heap_now();
-    uint64_t resident_idle = (h2.sys_bytes >> SA_PAGE_SHIFT) - h2.inuse_pages - h2.released_pages;
+    uint64_t inline_bytes = h2.released_inline - h1.released_inline;
+    assert_true(inline_bytes > 0);
+    assert_true(inline_bytes <= SA_INLINE_RELEASE_BYTES);
+    assert_int_equal((h2.released_pages - h1.released_pages) << SA_PAGE_SHIFT, inline_bytes);
+    assert_true(sa_mheap_idle_excess() > 0);
+    assert_int_equal(sa_pagemap_count_released(small->base, inline_bytes >> SA_PAGE_SHIFT),
+                     inline_bytes >> SA_PAGE_SHIFT);
+    assert_null(sa_mheap_verify());
+
+    /* The scavenger's pass: released down to 3.2 MiB, small first, then
+     * chunks of big. */
+    assert_true(sa_mheap_enforce_idle_limit(sa_mheap_idle_excess()) > 0);
+    struct sa_heap_counters h3 = heap_now();
+    uint64_t resident_idle = (h3.sys_bytes >> SA_PAGE_SHIFT) - h3.inuse_pages - h3.released_pages;
     assert_true(resident_idle <= 8192 * 10 / 100 / 2);
-    assert_true(h2.released_pages >= h1.released_pages + 640 + 2048 - 8192 * 10 / 100 / 2);
+    assert_true(h3.released_pages >= h1.released_pages + 640 + 2048 - 8192 * 10 / 100 / 2);
+    assert_int_equal(h3.released_inline, h2.released_inline);
     assert_int_equal(sa_mheap_idle_excess(), 0);
+    assert_null(sa_mheap_verify());
 
     sa_options.idle_limit_pct = 0;
     sa_mheap_free_large(keep);
@@ -328,8 +346,12 @@ static void large_span_grows_into_free_neighbour(void **state)
     assert_int_equal(a->base, a_base);
     assert_int_equal(a->npages, 12);
     assert_int_equal(a->state, SA_SPAN_LARGE);
-    for (size_t pg = 0; pg < 12; pg++)
-        assert_ptr_equal(sa_pagemap_lookup(a_base + pg * SA_PAGE_SIZE), a);
+    /* A large span maps its first and last page only. */
+    assert_ptr_equal(sa_pagemap_lookup(a_base), a);
+    assert_ptr_equal(sa_pagemap_lookup(a_base + 11 * SA_PAGE_SIZE), a);
+    for (size_t pg = 1; pg < 11; pg++)
+        assert_null(sa_pagemap_lookup(a_base + pg * SA_PAGE_SIZE));
+    assert_null(sa_mheap_verify());
     struct sa_span *rest = sa_pagemap_lookup(a_base + 12 * SA_PAGE_SIZE);
     if (room > 12) {
         assert_int_equal(rest->state, SA_SPAN_FREE);
@@ -347,9 +369,6 @@ static void large_span_grows_into_free_neighbour(void **state)
     assert_int_equal(end.heap_inuse, before.heap_inuse - 8 * SA_PAGE_SIZE);
 }
 
-/* The large-span cache: a freed span of up to 32 pages is handed out again
- * whole for the same size, stays in heap_inuse but leaves heap_alloc; a
- * miss and any scavenge empty the cache. */
 /* A span emptied from the large-span cache keeps the time it was freed:
  * the age rule releases it (and what it merges with) once that time is past
  * the threshold, as if it had gone to the heap at once. */
@@ -374,6 +393,9 @@ static void cached_span_keeps_its_idle_age(void **state)
     sa_options.idle_limit_pct = pct;
 }
 
+/* The large-span cache: a freed span of up to 32 pages is handed out again
+ * whole for the same size, stays in heap_inuse but leaves heap_alloc; a miss
+ * leaves it alone, a full cache evicts its oldest, any scavenge empties it. */
 static void large_cache_reuses_and_scavenge_empties_it(void **state)
 {
     (void)state;
@@ -404,11 +426,31 @@ static void large_cache_reuses_and_scavenge_empties_it(void **state)
     sa_mheap_free_large_cached(big);
     assert_int_equal(sa_pagemap_lookup(big->base)->state, SA_SPAN_FREE);
 
-    /* A miss (no span of that size) empties the cache into the heap. */
+    /* A miss (no span of that size) leaves the cache as it was: a request
+     * of another size must not flush what the next one of this size takes. */
     sa_mheap_free_large_cached(again);
     assert_int_equal(again->state, SA_SPAN_CACHED);
     assert_null(sa_mheap_take_cached(9));
-    assert_int_equal(sa_pagemap_lookup(s_base)->state, SA_SPAN_FREE);
+    struct sa_span *big2 = sa_mheap_alloc_large(40, 1); /* a miss on the way */
+    assert_int_equal(again->state, SA_SPAN_CACHED);
+    assert_ptr_equal(sa_mheap_take_cached(8), again);
+    sa_mheap_free_large_cached(big2);
+    sa_mheap_free_large_cached(again);
+
+    /* Full (16 spans), it sends its oldest span to the heap. */
+    struct sa_span *fill[20];
+    for (int i = 0; i < 20; i++)
+        fill[i] = sa_mheap_alloc_large(30, 1);
+    for (int i = 0; i < 20; i++)
+        sa_mheap_free_large_cached(fill[i]);
+    unsigned ncached = 0;
+    for (int i = 0; i < 20; i++)
+        ncached += sa_pagemap_lookup(fill[i]->base) == fill[i] && fill[i]->state == SA_SPAN_CACHED;
+    assert_int_equal(ncached, 16);
+    assert_int_equal(sa_pagemap_lookup(s_base)->state, SA_SPAN_FREE); /* the oldest went */
+    assert_int_equal(fill[19]->state, SA_SPAN_CACHED);                /* the newest stays */
+    assert_null(sa_mheap_verify());
+    sa_mheap_scavenge(UINT64_MAX, 1); /* any scavenge empties it */
     assert_int_equal(stats_now().heap_inuse, base.heap_inuse);
 
     /* So does any scavenge. */
@@ -436,7 +478,7 @@ int main(void)
         cmocka_unit_test(release_accounting_is_exact),
         cmocka_unit_test(big_span_is_released_in_chunks),
         cmocka_unit_test(memory_limit_releases_young_idle_memory),
-        cmocka_unit_test(idle_limit_releases_at_free),
+        cmocka_unit_test(idle_limit_release_is_handed_off),
         cmocka_unit_test(idle_limit_waits_for_the_delay),
         cmocka_unit_test(idle_limit_option_parses),
         cmocka_unit_test(large_span_grows_into_free_neighbour),

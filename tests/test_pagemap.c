@@ -20,7 +20,11 @@ static void foreign_addresses_map_to_nothing(void **state)
     assert_null(sa_pagemap_lookup(UINTPTR_MAX));
 }
 
-static void every_page_of_an_inuse_span_maps_to_it(void **state)
+/* A small span maps every page (free() finds any object's span from its own
+ * page); a large span only its first and last page, so its malloc and free
+ * cost the same whatever its size, and a pointer into its middle finds no
+ * span (free reports it). */
+static void inuse_spans_map_what_free_needs(void **state)
 {
     (void)state;
     char *small = spanalloc_malloc(100);
@@ -35,8 +39,12 @@ static void every_page_of_an_inuse_span_maps_to_it(void **state)
     assert_non_null(l);
     assert_int_equal(l->state, SA_SPAN_LARGE);
     assert_int_equal(l->npages, 6);
-    for (size_t i = 0; i < l->npages; i++)
-        assert_ptr_equal(sa_pagemap_lookup(l->base + i * SA_PAGE_SIZE + 17), l);
+    assert_ptr_equal(sa_pagemap_lookup(l->base + 17), l);
+    assert_ptr_equal(sa_pagemap_lookup(l->base + 5 * SA_PAGE_SIZE + 17), l);
+    for (size_t i = 1; i + 1 < l->npages; i++)
+        assert_null(sa_pagemap_lookup(l->base + i * SA_PAGE_SIZE + 17));
+    for (size_t i = 0; i < s->npages; i++)
+        assert_ptr_equal(sa_pagemap_lookup(s->base + i * SA_PAGE_SIZE), s);
     spanalloc_free(small);
     spanalloc_free(large);
 }
@@ -138,7 +146,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(foreign_addresses_map_to_nothing),
-        cmocka_unit_test(every_page_of_an_inuse_span_maps_to_it),
+        cmocka_unit_test(inuse_spans_map_what_free_needs),
         cmocka_unit_test(free_span_maps_only_its_ends),
         cmocka_unit_test(unheld_pages_map_to_the_none_span),
         cmocka_unit_test(released_bitmap_counts_across_leaves),

@@ -70,14 +70,14 @@ expect_of() {
 # The 64 KiB pair runs K/32 times (rounded to 64): some allocators spend tens
 # of thousands of instructions on it, and the difference method is exact anyway.
 k_of() {
-  if [ "$1" = pair64k ]; then
+  if [ "$1" = pair64k ] || [ "$1" = pair1m ]; then
     local k=$((K / 32 / 64 * 64)); [ $k -ge 64 ] || k=64; echo $k
   else
     echo "$K"
   fi
 }
 IFS=, read -r -a alist <<<"$allocs"
-workloads=(live64 pair32 pair1k pair64k)
+workloads=(live64 pair32 pair1k pair64k pair1m)
 tmp=$(mktemp -d /tmp/sa-callgrind.XXXXXX)
 trap 'rm -rf "$tmp"' EXIT
 
