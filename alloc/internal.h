@@ -394,6 +394,8 @@ bool sa_mheap_shrink_large(struct sa_span *s, size_t npages);
  * npages, or NULL. */
 void sa_mheap_free_large_cached(struct sa_span *s);
 struct sa_span *sa_mheap_take_cached(size_t npages);
+void sa_mheap_flush_large_cache(void); /* every cached span back to the heap */
+#define SA_LARGE_CACHE_MAX_BYTES ((size_t)1 << 20) /* the largest span it keeps */
 void sa_mheap_read(struct sa_heap_counters *out);
 /* Release idle pages: spans idle since before `cutoff_ns`, oldest first, until
  * `max_bytes` were released.  Returns bytes released. */

@@ -475,7 +475,7 @@ struct sa_span *sa_mheap_alloc(size_t npages, size_t align_pages, unsigned cls, 
  * A free of a cached span's address finds state CACHED: a double free,
  * reported.  Slots are kept oldest first. */
 #define LARGE_CACHE_SLOTS 16
-#define LARGE_CACHE_SPAN_PAGES 32   /* 256 KiB */
+#define LARGE_CACHE_SPAN_PAGES 128  /* 1 MiB */
 #define LARGE_CACHE_TOTAL_PAGES 512 /* 4 MiB */
 
 static struct sa_span *large_cache[LARGE_CACHE_SLOTS]; /* heap lock */
@@ -537,6 +537,13 @@ static void flush_large_cache_locked(void)
         struct sa_span *s = cache_remove(large_cache_n - 1);
         free_locked_since(s, s->idle_since_ns);
     }
+}
+
+void sa_mheap_flush_large_cache(void)
+{
+    pthread_mutex_lock(&heap_lock);
+    flush_large_cache_locked();
+    pthread_mutex_unlock(&heap_lock);
 }
 
 struct sa_span *sa_mheap_take_cached(size_t npages)
@@ -827,11 +834,8 @@ static size_t pages_left(uint64_t max_bytes, uint64_t released)
 uint64_t sa_mheap_scavenge(uint64_t cutoff_ns, uint64_t max_bytes)
 {
     uint64_t released = 0;
-    if (max_bytes > 0) {
-        pthread_mutex_lock(&heap_lock);
-        flush_large_cache_locked();
-        pthread_mutex_unlock(&heap_lock);
-    }
+    if (max_bytes > 0)
+        sa_mheap_flush_large_cache();
     while (released < max_bytes) {
         pthread_mutex_lock(&heap_lock);
         struct sa_span *s = detach_scavenge_chunk(cutoff_ns, pages_left(max_bytes, released));

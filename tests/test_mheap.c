@@ -393,7 +393,7 @@ static void cached_span_keeps_its_idle_age(void **state)
     sa_options.idle_limit_pct = pct;
 }
 
-/* The large-span cache: a freed span of up to 32 pages is handed out again
+/* The large-span cache: a freed span of up to 128 pages is handed out again
  * whole for the same size, stays in heap_inuse but leaves heap_alloc; a miss
  * leaves it alone, a full cache evicts its oldest, any scavenge empties it. */
 static void large_cache_reuses_and_scavenge_empties_it(void **state)
@@ -422,7 +422,7 @@ static void large_cache_reuses_and_scavenge_empties_it(void **state)
     assert_int_equal(taken.heap_objects, base.heap_objects + 1);
 
     /* Too big for the cache: freed to the heap at once. */
-    struct sa_span *big = sa_mheap_alloc_large(33, 1);
+    struct sa_span *big = sa_mheap_alloc_large(129, 1);
     sa_mheap_free_large_cached(big);
     assert_int_equal(sa_pagemap_lookup(big->base)->state, SA_SPAN_FREE);
 
