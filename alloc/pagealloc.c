@@ -8,7 +8,9 @@
  * spans of its own list (sizes there differ by less than 1/8, so a span that
  * fits is usually among the first) and otherwise takes the first span of the
  * next non-empty list, every span of which fits: a handful of list entries
- * and six bitmap words, never a walk over the free spans.  Coalescing is
+ * and six bitmap words, never a walk over the free spans.  Only when no
+ * bigger list has a span is the rest of the request's own list walked, as
+ * the last resort before the heap grows (which costs a system call anyway).  Coalescing is
  * O(1) too: a free span maps its first and last page (mheap.c), so a freed
  * span finds both neighbours with two page-map loads.
  *
@@ -75,15 +77,24 @@ struct sa_span *sa_free_index_find(const struct sa_free_index *ix, size_t npages
     if (npages == 0 || npages > UINT32_MAX)
         return NULL;
     unsigned b = sa_free_index_bucket(npages);
-    if (b >= SA_PA_EXACT) {
-        /* Sizes in b range over [floor, next floor): look at a few, then
-         * move to the next bucket, where every span fits. */
-        const struct sa_span *s = ix->bucket[b].first;
-        for (unsigned i = 0; s != NULL && i < SA_PA_PEEK; s = s->next, i++)
-            if (s->npages >= npages)
-                return (struct sa_span *)s;
-        b++;
+    if (b < SA_PA_EXACT) {
+        unsigned f = first_nonempty_from(ix, b);
+        return f < SA_PA_BUCKETS ? ix->bucket[f].first : NULL;
     }
-    b = first_nonempty_from(ix, b);
-    return b < SA_PA_BUCKETS ? ix->bucket[b].first : NULL;
+    /* Sizes in b range over [floor, next floor): look at a few, then move to
+     * the next bucket, where every span fits. */
+    const struct sa_span *s = ix->bucket[b].first;
+    for (unsigned i = 0; s != NULL && i < SA_PA_PEEK; s = s->next, i++)
+        if (s->npages >= npages)
+            return (struct sa_span *)s;
+    unsigned f = first_nonempty_from(ix, b + 1);
+    if (f < SA_PA_BUCKETS)
+        return ix->bucket[f].first;
+    /* Nothing bigger: the rest of b before saying no, since the caller's
+     * alternative is to grow the heap (a system call) while a span that
+     * fits sits here. */
+    for (; s != NULL; s = s->next)
+        if (s->npages >= npages)
+            return (struct sa_span *)s;
+    return NULL;
 }

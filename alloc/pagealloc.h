@@ -27,8 +27,9 @@ unsigned sa_free_index_bucket(size_t npages);
 size_t sa_free_index_bucket_floor(unsigned b);
 void sa_free_index_insert(struct sa_free_index *ix, struct sa_span *s);
 void sa_free_index_remove(struct sa_free_index *ix, struct sa_span *s);
-/* A span of at least npages, or NULL: at most SA_PA_PEEK list entries and
- * SA_PA_WORDS bitmap words are read, whatever the fragmentation. */
+/* A span of at least npages, or NULL only if none is indexed.  Reads at most
+ * SA_PA_PEEK list entries and SA_PA_WORDS bitmap words whenever a span that
+ * fits exists outside the request's own bucket. */
 struct sa_span *sa_free_index_find(const struct sa_free_index *ix, size_t npages);
 
 #endif /* SPANALLOC_PAGEALLOC_H */

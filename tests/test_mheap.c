@@ -466,6 +466,48 @@ static void large_cache_reuses_and_scavenge_empties_it(void **state)
     assert_int_equal(end.heap_released, end.heap_idle);
 }
 
+/* realloc shrinking a large block by a page or more keeps the block where
+ * it is and gives the pages past the new size to the heap: heap_inuse and
+ * heap_alloc drop by them, the tail is a free span, the block's last page
+ * moves in the page map; a shrink within the last page changes nothing. */
+static void realloc_shrink_gives_the_tail_back(void **state)
+{
+    (void)state;
+    uint32_t pct = sa_options.idle_limit_pct;
+    sa_options.idle_limit_pct = 0; /* the tail stays resident and idle */
+    const size_t MiB = (size_t)1 << 20;
+    unsigned char *p = spanalloc_malloc(64 * MiB);
+    assert_non_null(p);
+    for (size_t i = 0; i < 64 * MiB; i += 4096)
+        p[i] = (unsigned char)(i >> 12);
+    struct mem_stats before = stats_now();
+    unsigned char *q = spanalloc_realloc(p, 33 * MiB);
+    assert_ptr_equal(q, p);
+    struct mem_stats after = stats_now();
+    assert_stats_invariants(&after);
+    assert_int_equal(before.heap_inuse - after.heap_inuse, 31 * MiB);
+    assert_int_equal(before.heap_alloc - after.heap_alloc, 31 * MiB);
+    assert_int_equal(after.heap_sys, before.heap_sys);
+    assert_int_equal(spanalloc_usable_size(q), 33 * MiB);
+    struct sa_span *s = sa_pagemap_lookup((uintptr_t)q);
+    assert_int_equal(s->npages, 33 * MiB / SA_PAGE_SIZE);
+    assert_ptr_equal(sa_pagemap_lookup((uintptr_t)q + 33 * MiB - SA_PAGE_SIZE), s);
+    assert_int_equal(sa_pagemap_lookup((uintptr_t)q + 33 * MiB)->state, SA_SPAN_FREE);
+    assert_null(sa_mheap_verify());
+    for (size_t i = 0; i < 33 * MiB; i += 4096)
+        assert_int_equal(q[i], (unsigned char)(i >> 12));
+
+    /* Within the last page: nothing to give back. */
+    assert_ptr_equal(spanalloc_realloc(q, 33 * MiB - 100), q);
+    assert_int_equal(stats_now().heap_inuse, after.heap_inuse);
+    spanalloc_free(q);
+    struct mem_stats end = stats_now();
+    assert_stats_invariants(&end);
+    assert_int_equal(end.heap_inuse, before.heap_inuse - 64 * MiB);
+    assert_null(sa_mheap_verify());
+    sa_options.idle_limit_pct = pct;
+}
+
 int main(void)
 {
     sa_clock_hook = fake_clock;
@@ -484,6 +526,7 @@ int main(void)
         cmocka_unit_test(large_span_grows_into_free_neighbour),
         cmocka_unit_test(large_cache_reuses_and_scavenge_empties_it),
         cmocka_unit_test(cached_span_keeps_its_idle_age),
+        cmocka_unit_test(realloc_shrink_gives_the_tail_back),
     };
     return cmocka_run_group_tests_name("mheap", tests, NULL, NULL);
 }
