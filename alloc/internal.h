@@ -31,6 +31,7 @@
 #define SA_PAGE_SHIFT 13
 #define SA_PAGE_SIZE ((size_t)1 << SA_PAGE_SHIFT) /* 8 KiB */
 #define SA_MAX_SMALL ((size_t)32768)
+#define SA_MAX_MEDIUM ((size_t)262144)             /* medium classes: (32 KiB, 256 KiB] */
 #define SA_ADDR_BITS 47                           /* x86-64/arm64 user space */
 #define SA_ARENA_SHIFT 26                         /* page-map leaf: 64 MiB */
 #define SA_ARENA_SIZE ((size_t)1 << SA_ARENA_SHIFT)
@@ -53,6 +54,16 @@ extern const uint16_t sa_size_to_list[SA_MAX_SMALL / 16 + 1];
  * itself (2 KiB): the common small request skips the rounding. */
 extern const uint16_t sa_direct_size_to_list[SA_DIRECT_MAX + 1];
 
+/* Medium requests (SA_MAX_SMALL < size <= SA_MAX_MEDIUM), one entry per
+ * 8 KiB: the classes after the small ones, looked up out of the inline path. */
+extern const uint16_t sa_medium_size_to_list[(SA_MAX_MEDIUM - SA_MAX_SMALL) >> SA_MEDIUM_GRANULE_SHIFT];
+
+static inline size_t sa_medium_list_offset(size_t size)
+{
+    return sa_medium_size_to_list[((size - 1) >> SA_MEDIUM_GRANULE_SHIFT) -
+                                  (SA_MAX_SMALL >> SA_MEDIUM_GRANULE_SHIFT)];
+}
+
 /* List offset for a small request (size <= SA_MAX_SMALL): one table load. */
 static inline size_t sa_size_list_offset(size_t size)
 {
@@ -66,8 +77,8 @@ static inline size_t sa_size_list_offset(size_t size)
  */
 enum sa_span_state {
     SA_SPAN_FREE = 1,     /* idle, owned by the mheap's free structures */
-    SA_SPAN_SMALL,        /* carved into objects of one size class */
-    SA_SPAN_LARGE,        /* one object larger than SA_MAX_SMALL */
+    SA_SPAN_SMALL,        /* carved into objects of one size class (small or medium) */
+    SA_SPAN_LARGE,        /* one object larger than SA_MAX_MEDIUM (or over-aligned) */
     SA_SPAN_SCAVENGING,   /* idle, detached while its pages are released */
     SA_SPAN_CACHED,       /* a freed large span kept whole for reuse */
 };
@@ -283,10 +294,12 @@ static inline unsigned sa_span_cls(const struct sa_span *s)
     return (unsigned)(s->list_off >> SA_LIST_SHIFT);
 }
 
-/* Class of a small request (size <= SA_MAX_SMALL), for the slow paths. */
+/* Class of a small or medium request (size <= SA_MAX_MEDIUM), for the slow
+ * paths. */
 static inline unsigned sa_size_class(size_t size)
 {
-    return (unsigned)(sa_size_list_offset(size) >> SA_LIST_SHIFT);
+    size_t off = size <= SA_MAX_SMALL ? sa_size_list_offset(size) : sa_medium_list_offset(size);
+    return (unsigned)(off >> SA_LIST_SHIFT);
 }
 
 /* The owner's updates are plain read-modify-writes (one instruction, no lock

@@ -22,10 +22,16 @@ static bool is_power_of_two(size_t x)
     return x != 0 && (x & (x - 1)) == 0;
 }
 
-/* ---- Large objects: a span of their own from the mheap */
+/* ---- Medium and large objects
+ *
+ * Medium requests (32 KiB .. 256 KiB) come here from the inline path and go
+ * to the thread cache like small ones, through classes whose spans hold one
+ * object each; larger ones get a span of their own from the mheap. */
 
 void *sa_malloc_large(size_t size, size_t align)
 {
+    if (size <= SA_MAX_MEDIUM && align <= 16)
+        return sa_mcache_alloc(sa_medium_list_offset(size));
     sa_ensure_init();
     if (size > SA_MAX_REQUEST || align > ((size_t)1 << (SA_ADDR_BITS - 2))) {
         errno = ENOMEM;
@@ -131,7 +137,8 @@ void *spanalloc_calloc(size_t count, size_t size)
     void *p = sa_malloc_inline(total);
     if (p == NULL)
         return NULL;
-    if (total <= SA_MAX_SMALL || sa_pagemap_lookup((uintptr_t)p)->needzero)
+    /* A class's block may have been used before whatever its span says. */
+    if (total <= SA_MAX_MEDIUM || sa_pagemap_lookup((uintptr_t)p)->needzero)
         memset(p, 0, total);
     return p;
 }
@@ -149,7 +156,7 @@ void *spanalloc_realloc(void *ptr, size_t size)
     /* A large block that stays large shrinks in place: the pages past the
      * new size go back to the heap (not under memcheck, whose record of the
      * block's size would go stale). */
-    if (s->state == SA_SPAN_LARGE && size > SA_MAX_SMALL && size <= usable && !sa_on_valgrind) {
+    if (s->state == SA_SPAN_LARGE && size > SA_MAX_MEDIUM && size <= usable && !sa_on_valgrind) {
         size_t npages = (size + SA_PAGE_SIZE - 1) >> SA_PAGE_SHIFT;
         if (npages == s->npages || sa_mheap_shrink_large(s, npages))
             return ptr;

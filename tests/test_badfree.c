@@ -410,7 +410,7 @@ static void free_interior_small(void **state)
 static void free_interior_large(void **state)
 {
     (void)state;
-    size_t size = 100 * 1024;
+    size_t size = 300 * 1024; /* past the medium classes */
     char *p = spanalloc_malloc(size);
     size_t span_bytes = (size + SA_PAGE_SIZE - 1) & ~(SA_PAGE_SIZE - 1);
     struct outcome o = run_child(op_free, p + 64);

@@ -28,7 +28,7 @@ static void inuse_spans_map_what_free_needs(void **state)
 {
     (void)state;
     char *small = spanalloc_malloc(100);
-    char *large = spanalloc_malloc(5 * SA_PAGE_SIZE + 1);
+    char *large = spanalloc_malloc(SA_MAX_MEDIUM + 5 * SA_PAGE_SIZE + 1); /* past the medium classes */
     struct sa_span *s = sa_pagemap_lookup((uintptr_t)small);
     assert_non_null(s);
     assert_int_equal(s->state, SA_SPAN_SMALL);
@@ -38,9 +38,9 @@ static void inuse_spans_map_what_free_needs(void **state)
     struct sa_span *l = sa_pagemap_lookup((uintptr_t)large);
     assert_non_null(l);
     assert_int_equal(l->state, SA_SPAN_LARGE);
-    assert_int_equal(l->npages, 6);
+    assert_int_equal(l->npages, SA_MAX_MEDIUM / SA_PAGE_SIZE + 6);
     assert_ptr_equal(sa_pagemap_lookup(l->base + 17), l);
-    assert_ptr_equal(sa_pagemap_lookup(l->base + 5 * SA_PAGE_SIZE + 17), l);
+    assert_ptr_equal(sa_pagemap_lookup(l->base + (l->npages - 1) * SA_PAGE_SIZE + 17), l);
     for (size_t i = 1; i + 1 < l->npages; i++)
         assert_null(sa_pagemap_lookup(l->base + i * SA_PAGE_SIZE + 17));
     for (size_t i = 0; i < s->npages; i++)

@@ -399,7 +399,7 @@ static void short_lived_threads_return_their_caches(void **state)
     struct mem_stats base = stats_now();
     for (int c = 1; c < SPANALLOC_NUM_SIZE_CLASSES; c++)
         class_sizes[c] = base.by_size[c].size;
-    assert_int_equal(class_sizes[SPANALLOC_NUM_SIZE_CLASSES - 1], 32768);
+    assert_int_equal(class_sizes[SPANALLOC_NUM_SIZE_CLASSES - 1], 262144);
 
     uint64_t first_heap_sys = 0, first_mcache_sys = 0;
     for (int wave = 0; wave < waves; wave++) {
