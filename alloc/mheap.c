@@ -272,6 +272,8 @@ static bool carve(struct sa_span *s, size_t npages)
 {
     if (s->npages > npages && s->released_pages > 0 && s->released_pages < s->npages) {
         uint32_t head = (uint32_t)sa_pagemap_count_released(s->base, npages);
+        if (head == 0) /* all resident: no end does better, and no tail to count */
+            return split_free_tail_counted(s, npages, 0);
         uint32_t tail = (uint32_t)sa_pagemap_count_released(
             span_end(s) - (npages << SA_PAGE_SHIFT), npages);
         if (tail < head)
@@ -472,11 +474,14 @@ struct sa_span *sa_mheap_alloc(size_t npages, size_t align_pages, unsigned cls, 
  * span goes to the heap, so a request of another size (a miss) costs the
  * cache nothing, and every scavenge (the background cycle, free_os_memory,
  * the limits) empties it, so nothing stays there past one scavenger period.
+ * Its total is small (1 MiB): a cached span splits the free memory around
+ * it, and a bigger cache raised the peak RSS of bench/workloads large
+ * (blocks of 256 KiB .. 4 MiB) by 10% for no reuse.
  * A free of a cached span's address finds state CACHED: a double free,
  * reported.  Slots are kept oldest first. */
 #define LARGE_CACHE_SLOTS 16
 #define LARGE_CACHE_SPAN_PAGES 128  /* 1 MiB */
-#define LARGE_CACHE_TOTAL_PAGES 512 /* 4 MiB */
+#define LARGE_CACHE_TOTAL_PAGES 128 /* 1 MiB */
 
 static struct sa_span *large_cache[LARGE_CACHE_SLOTS]; /* heap lock */
 static unsigned large_cache_n;
