@@ -133,10 +133,12 @@ static void free_check_accepts_exactly_object_starts(void **state)
 
 /* A medium request is served by its class through the thread cache: freed
  * and asked for again, the same block comes back without the heap; the
- * first request past 256 KiB is a large object. */
+ * first request past 256 KiB is a large object.  (Under memcheck no thread
+ * has a cache: the class alone is checked.) */
 static void medium_requests_go_through_the_cache(void **state)
 {
     (void)state;
+    bool cached = !sa_on_valgrind;
     for (size_t size = SA_MAX_SMALL + 1; size <= SA_MAX_MEDIUM; size += 7 * 1024 + 3) {
         void *p = spanalloc_malloc(size);
         assert_non_null(p);
@@ -147,9 +149,11 @@ static void medium_requests_go_through_the_cache(void **state)
         spanalloc_free(p);
         struct mem_stats before = stats_now();
         void *q = spanalloc_malloc(size);
-        assert_ptr_equal(q, p); /* from the cache list */
         struct mem_stats after = stats_now();
-        assert_int_equal(after.heap_inuse, before.heap_inuse); /* no span taken */
+        if (cached) {
+            assert_ptr_equal(q, p); /* from the cache list */
+            assert_int_equal(after.heap_inuse, before.heap_inuse); /* no span taken */
+        }
         assert_stats_invariants(&after);
         spanalloc_free(q);
     }
