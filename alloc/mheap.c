@@ -92,13 +92,38 @@ void sa_mheap_clock_tick(void)
     atomic_store_explicit(&coarse_ns, sa_os_now_ns(), memory_order_relaxed);
 }
 
-/* ---- The age list (dirty spans, oldest first) */
+/* ---- The age list (dirty spans, oldest first)
+ *
+ * Most spans enter at an end: a freed span is the newest; the rest of the
+ * oldest span, after the scavenger took a chunk of it, is still the oldest.
+ * The place is searched from both ends at once, at most AGE_WALK steps from
+ * each; a span whose place lies deeper (a cached span evicted long after it
+ * was freed) takes the stamp of the younger neighbour where the walk stopped:
+ * it looks younger than it is, never older, so the age rules may release it
+ * late but never early, and the heap lock's hold stays bounded. */
+#define AGE_WALK 8
+
+/* The span after which s goes (NULL: at the head). */
+static struct sa_span *age_place(struct sa_span *s)
+{
+    struct sa_span *after = age_last, *before = age_first;
+    for (unsigned i = 0;; i++) {
+        if (after == NULL || after->idle_since_ns <= s->idle_since_ns)
+            return after;
+        if (before != NULL && before->idle_since_ns > s->idle_since_ns)
+            return before->age_prev;
+        if (i == AGE_WALK) {
+            s->idle_since_ns = after->idle_since_ns;
+            return after;
+        }
+        after = after->age_prev;
+        before = before != NULL ? before->age_next : NULL;
+    }
+}
 
 static void age_insert(struct sa_span *s)
 {
-    struct sa_span *after = age_last;
-    while (after != NULL && after->idle_since_ns > s->idle_since_ns)
-        after = after->age_prev;
+    struct sa_span *after = age_place(s);
     s->age_prev = after;
     s->age_next = after ? after->age_next : age_first;
     if (s->age_next)

@@ -510,6 +510,48 @@ static void realloc_shrink_gives_the_tail_back(void **state)
     sa_options.idle_limit_pct = pct;
 }
 
+/* The age list's insertion is bounded: a span whose place by age lies deep
+ * inside the list (here a cached span evicted after 20 newer and 20 older
+ * frees) is put where the walk from the tail stopped, with that younger
+ * neighbour's stamp: later than its own, never earlier, order kept. */
+static void age_insertion_is_bounded_and_never_ages_a_span(void **state)
+{
+    (void)state;
+    uint32_t pct = sa_options.idle_limit_pct;
+    sa_options.idle_limit_pct = 0;
+    free_os_memory();
+    enum { N = 83 };
+    struct sa_span *sp[N];
+    for (int i = 0; i < N; i++) {
+        sp[i] = sa_mheap_alloc_large(2, 1);
+        touch(sp[i]);
+    }
+    uint64_t t0 = fake_now, x_stamp = 0;
+    struct sa_span *x = sp[41];
+    for (int i = 1, k = 0; i < N; i += 2, k++) {
+        fake_now = t0 + (uint64_t)k * SECOND;
+        if (sp[i] == x) {
+            fake_now += SECOND / 2;
+            x_stamp = fake_now;
+            sa_mheap_free_large_cached(x);
+            assert_int_equal(x->state, SA_SPAN_CACHED);
+        } else {
+            sa_mheap_free_large(sp[i]);
+        }
+    }
+    sa_mheap_flush_large_cache(); /* x joins the age list with its old stamp */
+    struct sa_span *fx = sa_pagemap_lookup(x->base);
+    assert_int_equal(fx->state, SA_SPAN_FREE);
+    assert_null(sa_mheap_verify()); /* still ordered */
+    assert_true(fx->idle_since_ns >= x_stamp);     /* never older */
+    assert_true(fx->idle_since_ns > x_stamp);      /* clamped: its place was too deep */
+    assert_true(fx->idle_since_ns <= fake_now);
+    for (int i = 0; i < N; i += 2)
+        sa_mheap_free_large(sp[i]);
+    assert_null(sa_mheap_verify());
+    sa_options.idle_limit_pct = pct;
+}
+
 int main(void)
 {
     sa_clock_hook = fake_clock;
@@ -529,6 +571,7 @@ int main(void)
         cmocka_unit_test(large_cache_reuses_and_scavenge_empties_it),
         cmocka_unit_test(cached_span_keeps_its_idle_age),
         cmocka_unit_test(realloc_shrink_gives_the_tail_back),
+        cmocka_unit_test(age_insertion_is_bounded_and_never_ages_a_span),
     };
     return cmocka_run_group_tests_name("mheap", tests, NULL, NULL);
 }
