@@ -395,7 +395,8 @@ static void cached_span_keeps_its_idle_age(void **state)
 
 /* The large-span cache: a freed span of up to 128 pages is handed out again
  * whole for the same size, stays in heap_inuse but leaves heap_alloc; a miss
- * leaves it alone, a full cache evicts its oldest, any scavenge empties it. */
+ * served by resident free memory leaves it alone, one that is not empties it;
+ * a full cache evicts its oldest; any scavenge empties it. */
 static void large_cache_reuses_and_scavenge_empties_it(void **state)
 {
     (void)state;
@@ -426,16 +427,29 @@ static void large_cache_reuses_and_scavenge_empties_it(void **state)
     sa_mheap_free_large_cached(big);
     assert_int_equal(sa_pagemap_lookup(big->base)->state, SA_SPAN_FREE);
 
-    /* A miss (no span of that size) leaves the cache as it was: a request
-     * of another size must not flush what the next one of this size takes. */
+    /* A miss that resident free memory serves leaves the cache as it was: a
+     * request of another size must not flush what the next one of this size
+     * takes. */
+    struct sa_span *room = sa_mheap_alloc_large(50, 1);
+    struct sa_span *sep = sa_mheap_alloc_large(1, 1);
+    sa_mheap_free_large(room); /* 50 resident free pages between spans in use */
     sa_mheap_free_large_cached(again);
     assert_int_equal(again->state, SA_SPAN_CACHED);
     assert_null(sa_mheap_take_cached(9));
-    struct sa_span *big2 = sa_mheap_alloc_large(40, 1); /* a miss on the way */
+    struct sa_span *big2 = sa_mheap_alloc_large(40, 1); /* a miss, served by them */
     assert_int_equal(again->state, SA_SPAN_CACHED);
     assert_ptr_equal(sa_mheap_take_cached(8), again);
-    sa_mheap_free_large_cached(big2);
     sa_mheap_free_large_cached(again);
+
+    /* A miss that no resident free span serves empties the cache first: its
+     * spans go back to be merged, rather than fresh pages faulted in beside
+     * them. */
+    struct sa_span *big3 = sa_mheap_alloc_large(300, 1);
+    assert_int_equal(sa_pagemap_lookup(s_base)->state, SA_SPAN_FREE);
+    assert_null(sa_mheap_verify());
+    sa_mheap_free_large(big3);
+    sa_mheap_free_large(big2);
+    sa_mheap_free_large(sep);
 
     /* Full (1 MiB), it sends its oldest span to the heap. */
     struct sa_span *fill[20];
