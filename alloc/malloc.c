@@ -153,16 +153,18 @@ void *spanalloc_realloc(void *ptr, size_t size)
     }
     struct sa_span *s = sa_checked_span(ptr, "realloc");
     size_t usable = s->state == SA_SPAN_SMALL ? s->elem_size : (size_t)s->npages << SA_PAGE_SHIFT;
-    /* A large block that stays large shrinks in place: the pages past the
-     * new size go back to the heap (not under memcheck, whose record of the
-     * block's size would go stale). */
-    if (s->state == SA_SPAN_LARGE && size > SA_MAX_MEDIUM && size <= usable && !sa_on_valgrind) {
+    /* A large block shrinks in place to whole pages: the pages past the new
+     * size go back to the heap (not under memcheck, whose record of the
+     * block's size would go stale).  To a small size it moves instead (a
+     * copy of at most 32 KiB), unless that would free less than a page. */
+    bool large_shrink = s->state == SA_SPAN_LARGE && size <= usable && !sa_on_valgrind;
+    if (large_shrink && size > SA_MAX_SMALL) {
         size_t npages = (size + SA_PAGE_SIZE - 1) >> SA_PAGE_SHIFT;
         if (npages == s->npages || sa_mheap_shrink_large(s, npages))
             return ptr;
     }
     /* Keep the block while the new size fits and wastes at most half. */
-    if (size <= usable && size >= usable / 2)
+    if (size <= usable && size >= usable / 2 && !(large_shrink && usable - size >= SA_PAGE_SIZE))
         return ptr;
     /* A large block grows in place into a free span that follows it (not
      * under memcheck, whose record of the block's size would go stale). */

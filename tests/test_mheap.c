@@ -521,6 +521,30 @@ static void realloc_shrink_gives_the_tail_back(void **state)
     assert_stats_invariants(&end);
     assert_int_equal(end.heap_inuse, before.heap_inuse - 64 * MiB);
     assert_null(sa_mheap_verify());
+
+    /* To a medium size: still in place, whole pages (400 KiB -> 32 pages). */
+    unsigned char *m = spanalloc_malloc(400 * 1024);
+    memset(m, 0x3c, 400 * 1024);
+    struct mem_stats m0 = stats_now();
+    assert_ptr_equal(spanalloc_realloc(m, 250 * 1024), m);
+    struct mem_stats m1 = stats_now();
+    assert_int_equal(m0.heap_inuse - m1.heap_inuse, (400 - 256) * 1024);
+    assert_int_equal(spanalloc_usable_size(m), 256 * 1024);
+    assert_int_equal(m[250 * 1024 - 1], 0x3c);
+    spanalloc_free(m);
+
+    /* To a small size, a page or more below the block: moved into a class
+     * (the half rule alone would have kept 40 KiB for 30 KiB). */
+    unsigned char *a = spanalloc_aligned_alloc(16384, 40 * 1024); /* large: aligned past 8 KiB */
+    assert_int_equal(sa_pagemap_lookup((uintptr_t)a)->state, SA_SPAN_LARGE);
+    memset(a, 0x77, 40 * 1024);
+    unsigned char *b = spanalloc_realloc(a, 30 * 1024);
+    assert_ptr_not_equal(b, a);
+    assert_int_equal(sa_pagemap_lookup((uintptr_t)b)->state, SA_SPAN_SMALL);
+    assert_int_equal(b[30 * 1024 - 1], 0x77);
+    spanalloc_free(b);
+    struct mem_stats last = stats_now();
+    assert_stats_invariants(&last);
     sa_options.idle_limit_pct = pct;
 }
 

@@ -196,7 +196,7 @@ static void op_realloc(struct slot *s, size_t size)
         check_contents(s, "realloc");
     struct sa_span *old = s->ptr != NULL ? sa_pagemap_lookup((uintptr_t)s->ptr) : NULL;
     size_t old_usable = s->ptr != NULL ? spanalloc_usable_size(s->ptr) : 0;
-    bool shrinks_large = old != NULL && old->state == SA_SPAN_LARGE && size > SA_MAX_MEDIUM &&
+    bool shrinks_large = old != NULL && old->state == SA_SPAN_LARGE && size > SA_MAX_SMALL &&
                          size <= old_usable;
     unsigned char *p = spanalloc_realloc(s->ptr, size);
     if (shrinks_large) {
