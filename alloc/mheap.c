@@ -75,13 +75,25 @@ static bool span_is_dirty(const struct sa_span *s)
 static _Atomic uint64_t coarse_ns; /* written under the heap lock or by the tick */
 static uint32_t coarse_uses;       /* heap lock */
 
+/* Move the coarse clock forward to now, never back: the scavenger's tick
+ * and a heap operation may read the clock in one order and store in the
+ * other. */
+static void coarse_advance(uint64_t now)
+{
+    uint64_t old = atomic_load_explicit(&coarse_ns, memory_order_relaxed);
+    while (old < now && !atomic_compare_exchange_weak_explicit(&coarse_ns, &old, now,
+                                                               memory_order_relaxed,
+                                                               memory_order_relaxed))
+        ;
+}
+
 static uint64_t coarse_now_locked(void)
 {
-    if (SA_UNLIKELY(sa_clock_hook != NULL) || coarse_uses == 0) {
-        uint64_t now = sa_os_now_ns();
-        atomic_store_explicit(&coarse_ns, now, memory_order_relaxed);
+    if (SA_UNLIKELY(sa_clock_hook != NULL)) /* tests: exact, and free to go back */
+        return sa_os_now_ns();
+    if (coarse_uses == 0) {
+        coarse_advance(sa_os_now_ns());
         coarse_uses = SA_CLOCK_REUSE;
-        return now;
     }
     coarse_uses--;
     return atomic_load_explicit(&coarse_ns, memory_order_relaxed);
@@ -89,7 +101,7 @@ static uint64_t coarse_now_locked(void)
 
 void sa_mheap_clock_tick(void)
 {
-    atomic_store_explicit(&coarse_ns, sa_os_now_ns(), memory_order_relaxed);
+    coarse_advance(sa_os_now_ns());
 }
 
 /* ---- The age list (dirty spans, oldest first)
