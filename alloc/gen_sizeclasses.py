@@ -1,14 +1,17 @@
 #!/usr/bin/env python3
-"""Generate alloc/sizeclasses_table.h, the small-object size classes.
+"""Generate alloc/sizeclasses_table.h, the small- and medium-object size classes.
 
 The rule (documented in docs/design.md, checked by tests/test_sizeclasses.c):
-  * pages are 8 KiB; small objects are 16 B .. 32 KiB; every class is a
-    multiple of 16 so every block is 16-byte aligned (the smallest class is
-    16 B because a free block holds two words: the encoded link and the
-    double-free mark);
+  * pages are 8 KiB; small objects are 16 B .. 32 KiB, medium ones 32 KiB ..
+    256 KiB (classes after the small ones, served through the same caches,
+    looked up out of the inline fast path); every class is a multiple of 16
+    so every block is 16-byte aligned (the smallest class is 16 B because a
+    free block holds two words: the encoded link and the double-free mark);
   * spacing between neighbouring classes is 16 B up to 128 B (the alignment
     granule), then the largest power of two <= size/8, so rounding a request
-    above 128 B up to its class wastes at most 12.5% of the class size;
+    above 128 B up to its class wastes at most 12.5% of the class size; above
+    32 KiB the largest power of two <= size/4 (at most 25%: each medium class
+    costs a cache list per thread, so there are 12 of them, not 24);
   * each class gets the fewest pages whose unusable tail is at most 12.5%
     of the span;
   * a candidate that packs the same number of objects into the same number
@@ -19,17 +22,23 @@ Run: python3 alloc/gen_sizeclasses.py > alloc/sizeclasses_table.h
 """
 PAGE = 8192
 MAX_SMALL = 32768
+MAX_MEDIUM = 262144
+MEDIUM_GRANULE = 8192  # the medium lookup's step: every medium class is a multiple
 DIRECT_MAX = 1024  # sizes looked up without rounding (see main)
 
 
 def spacing(size):
     if size < 128:
         return 16
+    if size >= MAX_SMALL:
+        return 1 << (size.bit_length() - 1 - 2)
     return 1 << (size.bit_length() - 1 - 3)
 
 
 def within_round_up_bound(prev, size):
     # Requests prev+1 .. size round up to size; waste < (size - prev) / size.
+    if size > MAX_SMALL:
+        return (size - prev) * 4 <= size
     return size <= 128 or (size - prev) * 8 <= size
 
 
@@ -43,7 +52,7 @@ def pages_for(size):
 def classes():
     out = []  # (size, npages)
     size = 16
-    while size <= MAX_SMALL:
+    while size <= MAX_MEDIUM:
         n = pages_for(size)
         objs = n * PAGE // size
         if (out and out[-1][1] == n and n * PAGE // out[-1][0] == objs
@@ -85,6 +94,8 @@ def main():
         raise ValueError(n)
     for c, _ in cls:
         assert c % 16 == 0
+    nsmall = sum(1 for c, _ in cls if c <= MAX_SMALL)
+    print("#define SA_NUM_SMALL_CLASSES %d /* classes up to 32 KiB, class 0 included */" % (nsmall + 1))
     table = [class_of(max(i * 16, 1)) for i in range(MAX_SMALL // 16 + 1)]
     print("#define SA_SIZE_TO_CLASS(C) { \\")
     for i in range(0, len(table), 16):
@@ -97,6 +108,17 @@ def main():
     print("#define SA_DIRECT_SIZE_TO_CLASS(C) { \\")
     for i in range(0, len(direct), 16):
         print("    " + ", ".join("C(%d)" % x for x in direct[i:i + 16]) + ", \\")
+    print("}")
+    # Medium requests (MAX_SMALL < size <= MAX_MEDIUM), one entry per 8 KiB,
+    # indexed by (size - 1) / 8 KiB - MAX_SMALL / 8 KiB: off the inline path.
+    for c, _ in cls:
+        assert c <= MAX_SMALL or c % MEDIUM_GRANULE == 0
+    lo = MAX_SMALL // MEDIUM_GRANULE
+    medium = [class_of((i + 1) * MEDIUM_GRANULE) for i in range(lo, MAX_MEDIUM // MEDIUM_GRANULE)]
+    print("#define SA_MEDIUM_GRANULE_SHIFT %d" % (MEDIUM_GRANULE.bit_length() - 1))
+    print("#define SA_MEDIUM_SIZE_TO_CLASS(C) { \\")
+    for i in range(0, len(medium), 16):
+        print("    " + ", ".join("C(%d)" % x for x in medium[i:i + 16]) + ", \\")
     print("}")
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@
 #define SA_PAGE_SHIFT 13
 #define SA_PAGE_SIZE ((size_t)1 << SA_PAGE_SHIFT) /* 8 KiB */
 #define SA_MAX_SMALL ((size_t)32768)
+#define SA_MAX_MEDIUM ((size_t)262144)             /* medium classes: (32 KiB, 256 KiB] */
 #define SA_ADDR_BITS 47                           /* x86-64/arm64 user space */
 #define SA_ARENA_SHIFT 26                         /* page-map leaf: 64 MiB */
 #define SA_ARENA_SIZE ((size_t)1 << SA_ARENA_SHIFT)
@@ -53,6 +54,16 @@ extern const uint16_t sa_size_to_list[SA_MAX_SMALL / 16 + 1];
  * itself (2 KiB): the common small request skips the rounding. */
 extern const uint16_t sa_direct_size_to_list[SA_DIRECT_MAX + 1];
 
+/* Medium requests (SA_MAX_SMALL < size <= SA_MAX_MEDIUM), one entry per
+ * 8 KiB: the classes after the small ones, looked up out of the inline path. */
+extern const uint16_t sa_medium_size_to_list[(SA_MAX_MEDIUM - SA_MAX_SMALL) >> SA_MEDIUM_GRANULE_SHIFT];
+
+static inline size_t sa_medium_list_offset(size_t size)
+{
+    return sa_medium_size_to_list[((size - 1) >> SA_MEDIUM_GRANULE_SHIFT) -
+                                  (SA_MAX_SMALL >> SA_MEDIUM_GRANULE_SHIFT)];
+}
+
 /* List offset for a small request (size <= SA_MAX_SMALL): one table load. */
 static inline size_t sa_size_list_offset(size_t size)
 {
@@ -66,8 +77,8 @@ static inline size_t sa_size_list_offset(size_t size)
  */
 enum sa_span_state {
     SA_SPAN_FREE = 1,     /* idle, owned by the mheap's free structures */
-    SA_SPAN_SMALL,        /* carved into objects of one size class */
-    SA_SPAN_LARGE,        /* one object larger than SA_MAX_SMALL */
+    SA_SPAN_SMALL,        /* carved into objects of one size class (small or medium) */
+    SA_SPAN_LARGE,        /* one object larger than SA_MAX_MEDIUM (or over-aligned) */
     SA_SPAN_SCAVENGING,   /* idle, detached while its pages are released */
     SA_SPAN_CACHED,       /* a freed large span kept whole for reuse */
 };
@@ -132,8 +143,9 @@ void sa_span_record_free(struct sa_span *s);
  * holds the arena's released-page bitmap (heap lock).  Leaves are never freed,
  * so a reader needs no lock: it sees NULL or a complete leaf.
  *
- * In-use spans map every page; free spans map their first and last page (for
- * coalescing) and nothing in between.
+ * Small spans map every page (free() finds an object's span from its page);
+ * large and free spans map their first and last page (for coalescing) and
+ * nothing in between, so a pointer into a large block's middle finds none.
  */
 struct sa_arena_leaf {
     _Atomic(struct sa_span *) spans[SA_PAGES_PER_ARENA];
@@ -282,10 +294,12 @@ static inline unsigned sa_span_cls(const struct sa_span *s)
     return (unsigned)(s->list_off >> SA_LIST_SHIFT);
 }
 
-/* Class of a small request (size <= SA_MAX_SMALL), for the slow paths. */
+/* Class of a small or medium request (size <= SA_MAX_MEDIUM), for the slow
+ * paths. */
 static inline unsigned sa_size_class(size_t size)
 {
-    return (unsigned)(sa_size_list_offset(size) >> SA_LIST_SHIFT);
+    size_t off = size <= SA_MAX_SMALL ? sa_size_list_offset(size) : sa_medium_list_offset(size);
+    return (unsigned)(off >> SA_LIST_SHIFT);
 }
 
 /* The owner's updates are plain read-modify-writes (one instruction, no lock
@@ -376,6 +390,7 @@ struct sa_heap_counters {
     uint64_t span_records, span_records_sys;
     uint64_t madvise_failures;
     uint64_t pagemap_sys;      /* page-map leaves and the root pages used */
+    uint64_t released_inline;  /* bytes freeing threads released themselves */
 };
 
 /* Allocate a span; *grew says the heap mapped new memory, and the caller
@@ -385,11 +400,15 @@ void sa_mheap_free(struct sa_span *s);
 struct sa_span *sa_mheap_alloc_large(size_t npages, size_t align_pages);
 void sa_mheap_free_large(struct sa_span *s);
 bool sa_mheap_grow_large(struct sa_span *s, size_t npages); /* in place, or false */
+/* realloc's shrink in place: the pages past npages go back to the heap. */
+bool sa_mheap_shrink_large(struct sa_span *s, size_t npages);
 /* The large-span cache (malloc.c's large objects): free keeps a small span
  * whole, or frees it as sa_mheap_free_large; take returns one of exactly
  * npages, or NULL. */
 void sa_mheap_free_large_cached(struct sa_span *s);
 struct sa_span *sa_mheap_take_cached(size_t npages);
+void sa_mheap_flush_large_cache(void); /* every cached span back to the heap */
+#define SA_LARGE_CACHE_MAX_BYTES ((size_t)1 << 20) /* the largest span it keeps */
 void sa_mheap_read(struct sa_heap_counters *out);
 /* Release idle pages: spans idle since before `cutoff_ns`, oldest first, until
  * `max_bytes` were released.  Returns bytes released. */
@@ -398,6 +417,18 @@ uint64_t sa_mheap_scavenge(uint64_t cutoff_ns, uint64_t max_bytes);
 uint64_t sa_mheap_idle_excess(void);
 /* Release the idle limit's excess among spans idle for SPANALLOC_IDLE_DELAY. */
 uint64_t sa_mheap_enforce_idle_limit(uint64_t excess);
+/* A freeing thread's own release when no scavenger thread takes the excess:
+ * at most SA_INLINE_RELEASE_BYTES. */
+#define SA_INLINE_RELEASE_BYTES ((uint64_t)256 << 10)
+uint64_t sa_mheap_release_inline(uint64_t excess);
+/* When the idle limit's next release is due (ns, sa_os_now_ns's clock), 0 if
+ * nothing is over the limit. */
+uint64_t sa_mheap_idle_due_ns(void);
+/* Refresh the coarse clock of the idle stamps (the scavenger, each wake). */
+void sa_mheap_clock_tick(void);
+/* Test support: check the free spans' structure; NULL if sound, else what
+ * is wrong.  Heap lock taken. */
+const char *sa_mheap_verify(void);
 void sa_mheap_lock(void);
 void sa_mheap_unlock(void);
 void sa_mheap_fork_child(void);
@@ -456,6 +487,9 @@ SA_COLD __attribute__((noreturn)) void sa_bad_small_free(void *ptr, struct sa_sp
 /* ---- Hooks into the scavenger (scavenger/scavenger.c) */
 void sa_scavenger_on_grow(void);   /* heap grew: start thread, check limit */
 void sa_scavenger_poke(void);      /* no lock held: restart after fork */
+/* A free left resident idle memory over the idle limit (no lock held): wake
+ * the scavenger thread, or release a bounded amount if none runs. */
+void sa_scavenger_idle_excess(uint64_t excess);
 void sa_scavenger_fork_prepare(void);
 void sa_scavenger_fork_parent(void);
 void sa_scavenger_fork_child(void);

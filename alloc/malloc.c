@@ -22,10 +22,16 @@ static bool is_power_of_two(size_t x)
     return x != 0 && (x & (x - 1)) == 0;
 }
 
-/* ---- Large objects: a span of their own from the mheap */
+/* ---- Medium and large objects
+ *
+ * Medium requests (32 KiB .. 256 KiB) come here from the inline path and go
+ * to the thread cache like small ones, through classes whose spans hold one
+ * object each; larger ones get a span of their own from the mheap. */
 
 void *sa_malloc_large(size_t size, size_t align)
 {
+    if (size <= SA_MAX_MEDIUM && align <= 16)
+        return sa_mcache_alloc(sa_medium_list_offset(size));
     sa_ensure_init();
     if (size > SA_MAX_REQUEST || align > ((size_t)1 << (SA_ADDR_BITS - 2))) {
         errno = ENOMEM;
@@ -34,9 +40,7 @@ void *sa_malloc_large(size_t size, size_t align)
     size_t npages = (size + SA_PAGE_SIZE - 1) >> SA_PAGE_SHIFT;
     size_t align_pages = align > SA_PAGE_SIZE ? align >> SA_PAGE_SHIFT : 1;
     npages = npages ? npages : 1;
-    struct sa_span *s = align_pages == 1 ? sa_mheap_take_cached(npages) : NULL;
-    if (s == NULL)
-        s = sa_mheap_alloc_large(npages, align_pages);
+    struct sa_span *s = sa_mheap_alloc_large(npages, align_pages); /* the cache first */
     if (s == NULL) {
         errno = ENOMEM;
         return NULL;
@@ -133,7 +137,8 @@ void *spanalloc_calloc(size_t count, size_t size)
     void *p = sa_malloc_inline(total);
     if (p == NULL)
         return NULL;
-    if (total <= SA_MAX_SMALL || sa_pagemap_lookup((uintptr_t)p)->needzero)
+    /* A class's block may have been used before whatever its span says. */
+    if (total <= SA_MAX_MEDIUM || sa_pagemap_lookup((uintptr_t)p)->needzero)
         memset(p, 0, total);
     return p;
 }
@@ -148,8 +153,18 @@ void *spanalloc_realloc(void *ptr, size_t size)
     }
     struct sa_span *s = sa_checked_span(ptr, "realloc");
     size_t usable = s->state == SA_SPAN_SMALL ? s->elem_size : (size_t)s->npages << SA_PAGE_SHIFT;
+    /* A large block shrinks in place to whole pages: the pages past the new
+     * size go back to the heap (not under memcheck, whose record of the
+     * block's size would go stale).  To a small size it moves instead (a
+     * copy of at most 32 KiB), unless that would free less than a page. */
+    bool large_shrink = s->state == SA_SPAN_LARGE && size <= usable && !sa_on_valgrind;
+    if (large_shrink && size > SA_MAX_SMALL) {
+        size_t npages = (size + SA_PAGE_SIZE - 1) >> SA_PAGE_SHIFT;
+        if (npages == s->npages || sa_mheap_shrink_large(s, npages))
+            return ptr;
+    }
     /* Keep the block while the new size fits and wastes at most half. */
-    if (size <= usable && size >= usable / 2)
+    if (size <= usable && size >= usable / 2 && !(large_shrink && usable - size >= SA_PAGE_SIZE))
         return ptr;
     /* A large block grows in place into a free span that follows it (not
      * under memcheck, whose record of the block's size would go stale). */

@@ -5,11 +5,16 @@
  * became idle so the scavenger can release the old ones.
  *
  * Free spans are indexed twice:
- *   - by size, in buckets of exact page counts (1..127) and one bucket for
- *     bigger spans, in two sets: "dirty" spans (some pages still resident)
- *     are preferred over "clean" ones (every page released), so reuse does
- *     not fault memory back in while resident idle memory is at hand;
+ *   - by size (pagealloc.c, a search of constant cost), in two indexes:
+ *     "dirty" spans (some pages still resident) are preferred over "clean"
+ *     ones (every page released), so reuse does not fault memory back in
+ *     while resident idle memory is at hand;
  *   - by age, dirty spans only, oldest first, for the scavenger.
+ *
+ * Free and large spans map only their first and last page in the page map
+ * (small spans map every page: free() looks up any object's page), so the
+ * work per large malloc and free does not grow with the block: a pointer
+ * into the middle of a large block finds no span, and free() reports it.
  *
  * Which idle pages are released is recorded exactly, a bit per page, in the
  * page map's leaves; fresh memory from the OS counts as released (it is not
@@ -20,19 +25,14 @@
 #include <string.h>
 
 #include "internal.h"
+#include "pagealloc.h"
 
-#define SA_BUCKETS 128          /* [1..127] exact page counts, [0] bigger */
 #define SA_SCAVENGE_CHUNK 512   /* pages released per syscall: 4 MiB */
 
 enum { LIST_NONE = 0, LIST_DIRTY = 1, LIST_CLEAN = 2 };
 
-struct free_set {
-    struct sa_span_list bucket[SA_BUCKETS];
-    uint64_t nonempty[SA_BUCKETS / 64];
-};
-
 static pthread_mutex_t heap_lock = PTHREAD_MUTEX_INITIALIZER;
-static struct free_set dirty_set, clean_set;
+static struct sa_free_index dirty_set, clean_set;
 static struct sa_span *age_first, *age_last;
 struct sa_heap_counters sa_heap_counters_locked;
 #define counters sa_heap_counters_locked
@@ -62,66 +62,80 @@ static bool span_is_dirty(const struct sa_span *s)
     return s->released_pages < s->npages;
 }
 
-/* ---- The size-indexed sets */
+/* ---- The idle stamps' clock
+ *
+ * Reading the clock costs more than the rest of a large malloc+free (on this
+ * kind of VM, a system call).  Idle stamps need only coarse time: the clock
+ * is read once per SA_CLOCK_REUSE stamps and at each scavenger wake (at
+ * least once a second while it runs), and the stamps in between reuse the
+ * last reading, so a span may look older than it is by that much.  A
+ * replaced clock (tests) is read every time: tests move it between calls. */
+#define SA_CLOCK_REUSE 16
 
-static unsigned bucket_of(size_t npages)
+static _Atomic uint64_t coarse_ns; /* written under the heap lock or by the tick */
+static uint32_t coarse_uses;       /* heap lock */
+
+/* Move the coarse clock forward to now, never back: the scavenger's tick
+ * and a heap operation may read the clock in one order and store in the
+ * other. */
+static void coarse_advance(uint64_t now)
 {
-    return npages < SA_BUCKETS ? (unsigned)npages : 0;
+    uint64_t old = atomic_load_explicit(&coarse_ns, memory_order_relaxed);
+    while (old < now && !atomic_compare_exchange_weak_explicit(&coarse_ns, &old, now,
+                                                               memory_order_relaxed,
+                                                               memory_order_relaxed))
+        ;
 }
 
-static void set_insert(struct free_set *set, struct sa_span *s)
+static uint64_t coarse_now_locked(void)
 {
-    unsigned b = bucket_of(s->npages);
-    sa_span_list_push(&set->bucket[b], s);
-    set->nonempty[b / 64] |= (uint64_t)1 << (b % 64);
-}
-
-static void set_remove(struct free_set *set, struct sa_span *s)
-{
-    unsigned b = bucket_of(s->npages);
-    sa_span_list_remove(&set->bucket[b], s);
-    if (set->bucket[b].first == NULL)
-        set->nonempty[b / 64] &= ~((uint64_t)1 << (b % 64));
-}
-
-/* Smallest exact bucket >= npages that is not empty, or 0 if none. */
-static unsigned first_bucket_from(const struct free_set *set, size_t npages)
-{
-    for (unsigned b = (unsigned)npages; b < SA_BUCKETS; b = (b | 63) + 1) {
-        uint64_t bits = set->nonempty[b / 64] & (~(uint64_t)0 << (b % 64));
-        if (bits)
-            return (b & ~63u) + (unsigned)__builtin_ctzll(bits);
+    if (SA_UNLIKELY(sa_clock_hook != NULL)) /* tests: exact, and free to go back */
+        return sa_os_now_ns();
+    if (coarse_uses == 0) {
+        coarse_advance(sa_os_now_ns());
+        coarse_uses = SA_CLOCK_REUSE;
     }
-    return 0;
+    coarse_uses--;
+    return atomic_load_explicit(&coarse_ns, memory_order_relaxed);
 }
 
-/* Best fit: the smallest span of at least npages (lowest address on ties in
- * the big bucket, which keeps the heap compact). */
-static struct sa_span *set_find(const struct free_set *set, size_t npages)
+void sa_mheap_clock_tick(void)
 {
-    if (npages < SA_BUCKETS) {
-        unsigned b = first_bucket_from(set, npages);
-        if (b != 0)
-            return set->bucket[b].first;
-    }
-    struct sa_span *best = NULL;
-    for (struct sa_span *s = set->bucket[0].first; s != NULL; s = s->next) {
-        if (s->npages < npages)
-            continue;
-        if (best == NULL || s->npages < best->npages ||
-            (s->npages == best->npages && s->base < best->base))
-            best = s;
-    }
-    return best;
+    coarse_advance(sa_os_now_ns());
 }
 
-/* ---- The age list (dirty spans, oldest first) */
+/* ---- The age list (dirty spans, oldest first)
+ *
+ * Most spans enter at an end: a freed span is the newest; the rest of the
+ * oldest span, after the scavenger took a chunk of it, is still the oldest.
+ * The place is searched from both ends at once, at most AGE_WALK steps from
+ * each; a span whose place lies deeper (a cached span evicted long after it
+ * was freed) takes the stamp of the younger neighbour where the walk stopped:
+ * it looks younger than it is, never older, so the age rules may release it
+ * late but never early, and the heap lock's hold stays bounded. */
+#define AGE_WALK 8
+
+/* The span after which s goes (NULL: at the head). */
+static struct sa_span *age_place(struct sa_span *s)
+{
+    struct sa_span *after = age_last, *before = age_first;
+    for (unsigned i = 0;; i++) {
+        if (after == NULL || after->idle_since_ns <= s->idle_since_ns)
+            return after;
+        if (before != NULL && before->idle_since_ns > s->idle_since_ns)
+            return before->age_prev;
+        if (i == AGE_WALK) {
+            s->idle_since_ns = after->idle_since_ns;
+            return after;
+        }
+        after = after->age_prev;
+        before = before != NULL ? before->age_next : NULL;
+    }
+}
 
 static void age_insert(struct sa_span *s)
 {
-    struct sa_span *after = age_last;
-    while (after != NULL && after->idle_since_ns > s->idle_since_ns)
-        after = after->age_prev;
+    struct sa_span *after = age_place(s);
     s->age_prev = after;
     s->age_next = after ? after->age_next : age_first;
     if (s->age_next)
@@ -152,11 +166,11 @@ static void age_remove(struct sa_span *s)
 static void free_lists_insert(struct sa_span *s)
 {
     if (span_is_dirty(s)) {
-        set_insert(s->released_pages * 2 < s->npages ? &dirty_set : &clean_set, s);
+        sa_free_index_insert(s->released_pages * 2 < s->npages ? &dirty_set : &clean_set, s);
         age_insert(s);
         s->on_list = LIST_DIRTY;
     } else {
-        set_insert(&clean_set, s);
+        sa_free_index_insert(&clean_set, s);
         s->on_list = LIST_CLEAN;
     }
 }
@@ -164,16 +178,16 @@ static void free_lists_insert(struct sa_span *s)
 static void free_lists_remove(struct sa_span *s)
 {
     if (s->on_list == LIST_DIRTY) {
-        set_remove(s->released_pages * 2 < s->npages ? &dirty_set : &clean_set, s);
+        sa_free_index_remove(s->released_pages * 2 < s->npages ? &dirty_set : &clean_set, s);
         age_remove(s);
     } else if (s->on_list == LIST_CLEAN) {
-        set_remove(&clean_set, s);
+        sa_free_index_remove(&clean_set, s);
     }
     s->on_list = LIST_NONE;
 }
 
-/* A free span maps its first and last page only (see pagemap.c). */
-static void map_free_span(struct sa_span *s)
+/* A free or large span maps its first and last page only. */
+static void map_edges(struct sa_span *s)
 {
     sa_pagemap_set_page(s->base, s);
     sa_pagemap_set_page(span_end(s) - SA_PAGE_SIZE, s);
@@ -222,7 +236,7 @@ static void coalesce_and_insert(struct sa_span *s)
     struct sa_span *right = free_neighbour(span_end(s));
     if (right != NULL && right->base == span_end(s))
         absorb(s, right);
-    map_free_span(s);
+    map_edges(s);
     free_lists_insert(s);
 }
 
@@ -265,7 +279,7 @@ static bool split_free_tail_counted(struct sa_span *s, size_t npages, uint32_t k
     rest->released_pages = s->released_pages - kept_released;
     s->npages = (uint32_t)npages;
     s->released_pages = kept_released;
-    map_free_span(rest);
+    map_edges(rest);
     free_lists_insert(rest);
     return true;
 }
@@ -283,7 +297,7 @@ static bool keep_tail(struct sa_span *s, size_t npages, uint32_t tail_released)
     s->base += (uintptr_t)head->npages << SA_PAGE_SHIFT;
     s->npages = (uint32_t)npages;
     s->released_pages = tail_released;
-    map_free_span(head);
+    map_edges(head);
     free_lists_insert(head);
     return true;
 }
@@ -295,6 +309,8 @@ static bool carve(struct sa_span *s, size_t npages)
 {
     if (s->npages > npages && s->released_pages > 0 && s->released_pages < s->npages) {
         uint32_t head = (uint32_t)sa_pagemap_count_released(s->base, npages);
+        if (head == 0) /* all resident: no end does better, and no tail to count */
+            return split_free_tail_counted(s, npages, 0);
         uint32_t tail = (uint32_t)sa_pagemap_count_released(
             span_end(s) - (npages << SA_PAGE_SHIFT), npages);
         if (tail < head)
@@ -341,8 +357,8 @@ static bool grow(size_t npages)
 
 static struct sa_span *find_free(size_t npages)
 {
-    struct sa_span *s = set_find(&dirty_set, npages);
-    return s != NULL ? s : set_find(&clean_set, npages);
+    struct sa_span *s = sa_free_index_find(&dirty_set, npages);
+    return s != NULL ? s : sa_free_index_find(&clean_set, npages);
 }
 
 /* Give the lead pages before an aligned start back to the free lists. */
@@ -360,7 +376,7 @@ static bool trim_lead(struct sa_span *s, size_t lead)
     s->base += lead << SA_PAGE_SHIFT;
     s->npages -= (uint32_t)lead;
     s->released_pages -= head->released_pages;
-    map_free_span(head);
+    map_edges(head);
     free_lists_insert(head);
     return true;
 }
@@ -408,7 +424,7 @@ static struct sa_span *alloc_locked(size_t npages, size_t align_pages, bool *gre
         carved = carve(s, npages);
     }
     if (!carved) {
-        map_free_span(s);
+        map_edges(s);
         free_lists_insert(s);
         return NULL;
     }
@@ -430,7 +446,9 @@ static void set_free_check(struct sa_span *s)
         s->free_limit = tail == 0 ? magic : 0;
 }
 
-/* Publish an allocated span: every page maps to it. */
+/* Publish an allocated span.  A small span maps every page (free() finds an
+ * object's span from its own page); a large one its first and last page,
+ * like a free span, so the work does not grow with the block. */
 static void publish(struct sa_span *s, unsigned cls)
 {
     s->list_off = (uint16_t)(cls << SA_LIST_SHIFT);
@@ -440,6 +458,7 @@ static void publish(struct sa_span *s, unsigned cls)
         s->div_magic = sa_class_magic[cls];
         s->nelems = (uint32_t)((s->npages << SA_PAGE_SHIFT) / s->elem_size);
         set_free_check(s);
+        sa_pagemap_set(s->base, s->npages, s);
     } else {
         s->state = SA_SPAN_LARGE;
         s->elem_size = (uint32_t)(s->npages << SA_PAGE_SHIFT);
@@ -448,10 +467,23 @@ static void publish(struct sa_span *s, unsigned cls)
         s->div_magic = 0;
         s->nelems = 0; /* only small spans have objects free() checks inline */
         s->free_magic = s->free_limit = 0;
+        map_edges(s);
     }
     s->nalloc = s->ncarved = 0;
     s->freelist = NULL;
-    sa_pagemap_set(s->base, s->npages, s);
+}
+
+static void set_large_size(struct sa_span *s, size_t npages)
+{
+    s->npages = (uint32_t)npages;
+    s->elem_size = npages << SA_PAGE_SHIFT > UINT32_MAX ? 0 : (uint32_t)(npages << SA_PAGE_SHIFT);
+}
+
+static void count_large_malloc(size_t npages)
+{
+    counters.large_mallocs++;
+    counters.large_alloc_bytes += (uint64_t)npages << SA_PAGE_SHIFT;
+    counters.large_total_alloc += (uint64_t)npages << SA_PAGE_SHIFT;
 }
 
 struct sa_span *sa_mheap_alloc(size_t npages, size_t align_pages, unsigned cls, bool *grew)
@@ -460,20 +492,132 @@ struct sa_span *sa_mheap_alloc(size_t npages, size_t align_pages, unsigned cls, 
     struct sa_span *s = alloc_locked(npages, align_pages, grew);
     if (s != NULL) {
         publish(s, cls);
-        if (cls == 0) {
-            counters.large_mallocs++;
-            counters.large_alloc_bytes += (uint64_t)s->npages << SA_PAGE_SHIFT;
-            counters.large_total_alloc += (uint64_t)s->npages << SA_PAGE_SHIFT;
-        }
+        if (cls == 0)
+            count_large_malloc(s->npages);
     }
     pthread_mutex_unlock(&heap_lock);
     return s;
 }
 
+/* ---- The large-span cache
+ *
+ * Freeing a large span and allocating one of the same size again costs a
+ * merge, a split and free-list updates.  Spans of up to
+ * LARGE_CACHE_SPAN_PAGES are kept whole instead, a few at a time, and handed
+ * out again for a request of exactly their size: the page map still points at
+ * them.  A cached span stays counted in heap_inuse (like a span cached for a
+ * size class; heap_alloc no longer counts it) and is never released while
+ * cached.  The cache is bounded in slots and pages; when full, its oldest
+ * span goes to the heap; a request of another size (a miss) that resident
+ * free memory serves costs the cache nothing (one that does not empties it,
+ * see sa_mheap_alloc_large), and every scavenge (the background cycle, free_os_memory,
+ * the limits) empties it, so nothing stays there past one scavenger period.
+ * Its total is small (1 MiB): a cached span splits the free memory around
+ * it, and a bigger cache raised the peak RSS of bench/workloads large
+ * (blocks of 256 KiB .. 4 MiB) by 10% for no reuse.
+ * A free of a cached span's address finds state CACHED: a double free,
+ * reported.  Slots are kept oldest first. */
+#define LARGE_CACHE_SLOTS 16
+#define LARGE_CACHE_SPAN_PAGES 128  /* 1 MiB */
+#define LARGE_CACHE_TOTAL_PAGES 128 /* 1 MiB */
+
+static struct sa_span *large_cache[LARGE_CACHE_SLOTS]; /* heap lock */
+static unsigned large_cache_n;
+static size_t large_cache_pages;
+
+static void free_locked_since(struct sa_span *s, uint64_t idle_since);
+
+/* Remove slot i, keeping the order. */
+static struct sa_span *cache_remove(unsigned i)
+{
+    struct sa_span *s = large_cache[i];
+    memmove(&large_cache[i], &large_cache[i + 1], (large_cache_n - i - 1) * sizeof(large_cache[0]));
+    large_cache_n--;
+    large_cache_pages -= s->npages;
+    return s;
+}
+
+/* A span of exactly npages from the cache, now LARGE and counted, or NULL. */
+static struct sa_span *take_cached_locked(size_t npages)
+{
+    for (unsigned i = large_cache_n; i-- > 0;) { /* newest first: warmest */
+        if (large_cache[i]->npages != npages)
+            continue;
+        struct sa_span *s = cache_remove(i);
+        s->state = SA_SPAN_LARGE;
+        s->needzero = 1;
+        count_large_malloc(npages);
+        return s;
+    }
+    return NULL;
+}
+
+/* Keep a freed large span in the cache, making room by sending the oldest
+ * to the heap; false if it is too big to be cached. */
+static bool cache_put_locked(struct sa_span *s)
+{
+    if (s->npages > LARGE_CACHE_SPAN_PAGES)
+        return false;
+    while (large_cache_n == LARGE_CACHE_SLOTS ||
+           large_cache_pages + s->npages > LARGE_CACHE_TOTAL_PAGES) {
+        struct sa_span *old = cache_remove(0);
+        free_locked_since(old, old->idle_since_ns);
+    }
+    s->state = SA_SPAN_CACHED;
+    s->idle_since_ns = coarse_now_locked(); /* kept when it leaves the cache */
+    large_cache[large_cache_n++] = s;
+    large_cache_pages += s->npages;
+    return true;
+}
+
+/* Heap lock held. */
+static void flush_large_cache_locked(void)
+{
+    while (large_cache_n > 0) {
+        /* Idle since it was cached: emptying the cache must not make it,
+         * or the older span it merges with, look freshly freed to the age
+         * rule and the idle limit. */
+        struct sa_span *s = cache_remove(large_cache_n - 1);
+        free_locked_since(s, s->idle_since_ns);
+    }
+}
+
+void sa_mheap_flush_large_cache(void)
+{
+    pthread_mutex_lock(&heap_lock);
+    flush_large_cache_locked();
+    pthread_mutex_unlock(&heap_lock);
+}
+
+struct sa_span *sa_mheap_take_cached(size_t npages)
+{
+    pthread_mutex_lock(&heap_lock);
+    struct sa_span *s = take_cached_locked(npages);
+    pthread_mutex_unlock(&heap_lock);
+    return s;
+}
+
+/* One lock round trip: the cache, else the page allocator. */
 struct sa_span *sa_mheap_alloc_large(size_t npages, size_t align_pages)
 {
     bool grew = false;
-    struct sa_span *s = sa_mheap_alloc(npages, align_pages, 0, &grew);
+    pthread_mutex_lock(&heap_lock);
+    struct sa_span *s = align_pages <= 1 ? take_cached_locked(npages) : NULL;
+    if (s == NULL) {
+        /* No resident free span fits: the cached ones go back first, to be
+         * merged with their free neighbours, rather than fault fresh pages
+         * in beside them (the peak RSS of bench/workloads large, blocks of
+         * 256 KiB .. 4 MiB, was 9% higher without this).  A miss that
+         * resident memory serves leaves the cache alone. */
+        if (large_cache_n > 0 && sa_free_index_find(&dirty_set, npages + align_pages - 1) == NULL)
+            flush_large_cache_locked();
+        s = alloc_locked(npages, align_pages, &grew);
+        if (s != NULL) {
+            publish(s, 0);
+            count_large_malloc(s->npages);
+        }
+    }
+    pthread_mutex_unlock(&heap_lock);
     if (grew)
         sa_scavenger_on_grow();
     sa_scavenger_poke();
@@ -504,14 +648,16 @@ bool sa_mheap_grow_large(struct sa_span *s, size_t npages)
             counters.inuse_pages += extra;
             counters.large_alloc_bytes += (uint64_t)extra << SA_PAGE_SHIFT;
             counters.large_total_alloc += (uint64_t)extra << SA_PAGE_SHIFT;
-            uintptr_t old_end = span_end(s);
-            s->npages = (uint32_t)npages;
-            s->elem_size = npages << SA_PAGE_SHIFT > UINT32_MAX ? 0 : (uint32_t)(npages << SA_PAGE_SHIFT);
-            sa_pagemap_set(old_end, extra, s);
+            /* The old last page and the neighbour's first become interior. */
+            if (s->npages > 1)
+                sa_pagemap_set_page(span_end(s) - SA_PAGE_SIZE, NULL);
+            sa_pagemap_set_page(next->base, NULL);
+            set_large_size(s, npages);
+            map_edges(s);
             sa_span_record_free(next);
             grown = true;
         } else {
-            map_free_span(next);
+            map_edges(next);
             free_lists_insert(next);
         }
     }
@@ -525,7 +671,7 @@ bool sa_mheap_grow_large(struct sa_span *s, size_t npages)
 static void free_locked_since(struct sa_span *s, uint64_t idle_since)
 {
     counters.inuse_pages -= s->npages;
-    if (s->npages > 2)
+    if (s->state == SA_SPAN_SMALL && s->npages > 2) /* large spans map only their edges */
         sa_pagemap_set(s->base + SA_PAGE_SIZE, s->npages - 2, NULL);
     s->state = SA_SPAN_FREE;
     s->list_off = 0;
@@ -539,7 +685,7 @@ static void free_locked_since(struct sa_span *s, uint64_t idle_since)
 
 static void free_locked(struct sa_span *s)
 {
-    free_locked_since(s, sa_os_now_ns());
+    free_locked_since(s, coarse_now_locked());
 }
 
 /* SPANALLOC_IDLE_LIMIT: resident idle memory is kept at most pct% of the
@@ -572,12 +718,23 @@ uint64_t sa_mheap_idle_excess(void)
     return excess;
 }
 
-/* Called after a free with no lock held: the release happens in the freeing
- * thread, in bounded chunks, like the memory limit's, and takes only spans
- * idle for at least SPANALLOC_IDLE_DELAY, oldest first: memory freed and
- * taken again within the delay (a buffer replaced, a block grown) never pays
- * a page fault, while the fragments a churning heap leaves behind go back
- * soon.  What is younger waits for a later free or the scavenger. */
+/* When the idle limit's next release is due (the oldest idle span reaches
+ * SPANALLOC_IDLE_DELAY), or 0 if nothing is over the limit. */
+uint64_t sa_mheap_idle_due_ns(void)
+{
+    pthread_mutex_lock(&heap_lock);
+    uint64_t due = 0;
+    if (idle_excess_locked() != 0 && age_first != NULL)
+        due = age_first->idle_since_ns + sa_options.idle_delay_ns + 1;
+    pthread_mutex_unlock(&heap_lock);
+    return due;
+}
+
+/* Release the idle limit's excess (at most max_bytes of it) among spans idle
+ * for at least SPANALLOC_IDLE_DELAY, oldest first: memory freed and taken
+ * again within the delay (a buffer replaced, a block grown) never pays a page
+ * fault, while the fragments a churning heap leaves behind go back soon.
+ * The scavenger thread runs it when a free hands the excess over. */
 uint64_t sa_mheap_enforce_idle_limit(uint64_t excess)
 {
     if (SA_LIKELY(excess == 0))
@@ -599,11 +756,27 @@ uint64_t sa_mheap_enforce_idle_limit(uint64_t excess)
     return sa_mheap_scavenge(cutoff, excess);
 }
 
-/* The free paths' call: the test stays inline, the release out of line. */
-static inline void enforce_idle_limit(uint64_t excess)
+/* The freeing thread's share of the release, when no scavenger thread runs
+ * to take it: at most SA_INLINE_RELEASE_BYTES per free, so that no free
+ * stalls; the limit is reached over the next frees. */
+uint64_t sa_mheap_release_inline(uint64_t excess)
+{
+    uint64_t n = sa_mheap_enforce_idle_limit(excess < SA_INLINE_RELEASE_BYTES ? excess
+                                                                               : SA_INLINE_RELEASE_BYTES);
+    if (n != 0) {
+        pthread_mutex_lock(&heap_lock);
+        counters.released_inline += n;
+        pthread_mutex_unlock(&heap_lock);
+    }
+    return n;
+}
+
+/* The free paths' call: the test stays inline; over the limit, the release
+ * is handed to the scavenger. */
+static inline void after_free(uint64_t excess)
 {
     if (SA_UNLIKELY(excess != 0))
-        sa_mheap_enforce_idle_limit(excess);
+        sa_scavenger_idle_excess(excess);
 }
 
 void sa_mheap_free(struct sa_span *s)
@@ -612,7 +785,7 @@ void sa_mheap_free(struct sa_span *s)
     free_locked(s);
     uint64_t excess = idle_excess_locked();
     pthread_mutex_unlock(&heap_lock);
-    enforce_idle_limit(excess);
+    after_free(excess);
 }
 
 /* Heap lock held: count the free of large span s, which must still be in
@@ -627,104 +800,63 @@ static void claim_large_free_locked(struct sa_span *s)
     counters.large_alloc_bytes -= (uint64_t)s->npages << SA_PAGE_SHIFT;
 }
 
-/* Heap lock held on entry, released on return. */
-static void free_large_and_unlock(struct sa_span *s)
-{
-    free_locked(s);
-    uint64_t excess = idle_excess_locked();
-    pthread_mutex_unlock(&heap_lock);
-    enforce_idle_limit(excess);
-}
-
 void sa_mheap_free_large(struct sa_span *s)
 {
     pthread_mutex_lock(&heap_lock);
     claim_large_free_locked(s);
-    free_large_and_unlock(s);
+    free_locked(s);
+    uint64_t excess = idle_excess_locked();
+    pthread_mutex_unlock(&heap_lock);
+    after_free(excess);
 }
 
-/* ---- The large-span cache
- *
- * Freeing a large span and allocating one of the same size again costs a
- * merge, a split, free-list updates and page-map writes.  Spans of up to
- * LARGE_CACHE_SPAN_PAGES are kept whole instead, a few at a time, and handed
- * out again for a request of exactly their size: the page map still points at
- * them.  A cached span stays counted in heap_inuse (like a span cached for a
- * size class; heap_alloc no longer counts it), is never released while
- * cached, and every scavenge (the background cycle, free_os_memory, the
- * limits) empties the cache first, so nothing stays there past one scavenger
- * period.  A free of a cached span's address finds state CACHED: a double
- * free, reported. */
-#define LARGE_CACHE_SLOTS 16
-#define LARGE_CACHE_SPAN_PAGES 32   /* 256 KiB */
-#define LARGE_CACHE_TOTAL_PAGES 512 /* 4 MiB */
-
-static struct sa_span *large_cache[LARGE_CACHE_SLOTS]; /* heap lock */
-static unsigned large_cache_n;
-static size_t large_cache_pages;
-
-static void flush_large_cache_locked(void);
-
+/* One lock round trip: kept in the cache, or freed to the heap. */
 void sa_mheap_free_large_cached(struct sa_span *s)
 {
     pthread_mutex_lock(&heap_lock);
     claim_large_free_locked(s);
-    if (s->npages <= LARGE_CACHE_SPAN_PAGES && large_cache_n < LARGE_CACHE_SLOTS &&
-        large_cache_pages + s->npages <= LARGE_CACHE_TOTAL_PAGES) {
-        s->state = SA_SPAN_CACHED;
-        s->idle_since_ns = sa_os_now_ns(); /* kept when the cache is emptied */
-        large_cache[large_cache_n++] = s;
-        large_cache_pages += s->npages;
-        pthread_mutex_unlock(&heap_lock);
-        return;
-    }
-    free_large_and_unlock(s);
-}
-
-struct sa_span *sa_mheap_take_cached(size_t npages)
-{
-    struct sa_span *s = NULL;
-    pthread_mutex_lock(&heap_lock);
-    for (unsigned i = large_cache_n; i-- > 0;) { /* newest first: warmest */
-        if (large_cache[i]->npages != npages)
-            continue;
-        s = large_cache[i];
-        large_cache[i] = large_cache[--large_cache_n];
-        large_cache_pages -= npages;
-        s->state = SA_SPAN_LARGE;
-        s->needzero = 1;
-        counters.large_mallocs++;
-        counters.large_alloc_bytes += (uint64_t)npages << SA_PAGE_SHIFT;
-        counters.large_total_alloc += (uint64_t)npages << SA_PAGE_SHIFT;
-        break;
-    }
-    /* A miss: the sizes in use changed.  Cached spans would now only split
-     * the free memory around them (bench/workloads mixed peaked 6 MiB higher
-     * when they stayed), so they go back to the heap to be merged. */
-    if (s == NULL)
-        flush_large_cache_locked();
+    if (!cache_put_locked(s))
+        free_locked(s);
+    uint64_t excess = idle_excess_locked();
     pthread_mutex_unlock(&heap_lock);
-    return s;
+    after_free(excess);
 }
 
-/* Heap lock held. */
-static void flush_large_cache_locked(void)
+/* realloc's shrink: the pages of large span s past npages go back to the
+ * heap as a free span (and so to the idle limit and the scavenger).  False,
+ * changing nothing, if s is not large or no span record is left. */
+bool sa_mheap_shrink_large(struct sa_span *s, size_t npages)
 {
-    while (large_cache_n > 0) {
-        struct sa_span *s = large_cache[--large_cache_n];
-        large_cache_pages -= s->npages;
-        /* Idle since it was cached: emptying the cache must not make it,
-         * or the older span it merges with, look freshly freed to the age
-         * rule and the idle limit. */
-        free_locked_since(s, s->idle_since_ns);
+    if (npages == 0)
+        return false;
+    pthread_mutex_lock(&heap_lock);
+    struct sa_span *tail = NULL;
+    if (s->state == SA_SPAN_LARGE && npages < s->npages)
+        tail = sa_span_record_new();
+    if (tail == NULL) {
+        pthread_mutex_unlock(&heap_lock);
+        return false;
     }
+    size_t cut = s->npages - npages;
+    counters.large_alloc_bytes -= (uint64_t)cut << SA_PAGE_SHIFT;
+    tail->base = s->base + (npages << SA_PAGE_SHIFT);
+    tail->npages = (uint32_t)cut;
+    tail->state = SA_SPAN_LARGE; /* as freed from use: free_locked counts it out */
+    set_large_size(s, npages);
+    map_edges(s);
+    free_locked(tail); /* maps its edges over the old last page */
+    uint64_t excess = idle_excess_locked();
+    pthread_mutex_unlock(&heap_lock);
+    after_free(excess);
+    return true;
 }
 
 /* ---- Scavenging */
 
-/* Detach up to SA_SCAVENGE_CHUNK pages of the oldest dirty span idle since
- * before cutoff, starting at its first resident page.  Heap lock held. */
-static struct sa_span *detach_scavenge_chunk(uint64_t cutoff_ns)
+/* Detach up to max_pages (at most SA_SCAVENGE_CHUNK) of the oldest dirty
+ * span idle since before cutoff, starting at its first resident page.  Heap
+ * lock held. */
+static struct sa_span *detach_scavenge_chunk(uint64_t cutoff_ns, size_t max_pages)
 {
     struct sa_span *s = age_first;
     if (s == NULL || s->idle_since_ns > cutoff_ns)
@@ -733,23 +865,30 @@ static struct sa_span *detach_scavenge_chunk(uint64_t cutoff_ns)
     size_t lead = sa_pagemap_first_unreleased(s->base, s->npages);
     if (lead > 0 && lead < s->npages && trim_lead(s, lead) == false)
         lead = 0; /* no record to split with: release the whole span */
-    size_t take = s->npages < SA_SCAVENGE_CHUNK ? s->npages : SA_SCAVENGE_CHUNK;
+    if (max_pages > SA_SCAVENGE_CHUNK)
+        max_pages = SA_SCAVENGE_CHUNK;
+    size_t take = s->npages < max_pages ? s->npages : max_pages;
     (void)split_free_tail(s, take); /* without a record: the whole span */
     s->state = SA_SPAN_SCAVENGING;
     return s;
 }
 
+/* Pages still to release to reach max_bytes, rounded up. */
+static size_t pages_left(uint64_t max_bytes, uint64_t released)
+{
+    uint64_t left = max_bytes - released;
+    uint64_t pages = (left >> SA_PAGE_SHIFT) + ((left & (SA_PAGE_SIZE - 1)) != 0);
+    return pages > SA_SCAVENGE_CHUNK ? SA_SCAVENGE_CHUNK : (size_t)pages;
+}
+
 uint64_t sa_mheap_scavenge(uint64_t cutoff_ns, uint64_t max_bytes)
 {
     uint64_t released = 0;
-    if (max_bytes > 0) {
-        pthread_mutex_lock(&heap_lock);
-        flush_large_cache_locked();
-        pthread_mutex_unlock(&heap_lock);
-    }
+    if (max_bytes > 0)
+        sa_mheap_flush_large_cache();
     while (released < max_bytes) {
         pthread_mutex_lock(&heap_lock);
-        struct sa_span *s = detach_scavenge_chunk(cutoff_ns);
+        struct sa_span *s = detach_scavenge_chunk(cutoff_ns, pages_left(max_bytes, released));
         pthread_mutex_unlock(&heap_lock);
         if (s == NULL)
             break;
@@ -782,4 +921,87 @@ void sa_mheap_read(struct sa_heap_counters *out)
     *out = counters;
     out->pagemap_sys = sa_pagemap_sys_bytes();
     pthread_mutex_unlock(&heap_lock);
+}
+
+/* ---- Verification (tests): every free span indexed where its size and
+ * residency say, mapped at both ends and nowhere inside, not adjacent to
+ * another free span (coalesced), its released count equal to the bitmap's;
+ * the age list ordered and holding exactly the dirty spans; the totals equal
+ * to the counters.  O(free pages): for tests only. */
+static const char *verify_span(const struct sa_span *s, const struct sa_free_index *ix, unsigned b)
+{
+    if (s->state != SA_SPAN_FREE)
+        return "indexed span not FREE";
+    if (sa_free_index_bucket(s->npages) != b)
+        return "span in the wrong bucket";
+    bool dirty_set_ok = s->released_pages * 2 < s->npages;
+    if ((ix == &dirty_set) != dirty_set_ok)
+        return "span in the wrong index";
+    if ((s->on_list == LIST_DIRTY) != span_is_dirty(s))
+        return "age list membership disagrees with residency";
+    if (sa_pagemap_lookup(s->base) != s || sa_pagemap_lookup(span_end(s) - SA_PAGE_SIZE) != s)
+        return "free span's edges not mapped to it";
+    for (uint32_t i = 1; i + 1 < s->npages; i++)
+        if (sa_pagemap_lookup(s->base + ((uintptr_t)i << SA_PAGE_SHIFT)) != NULL)
+            return "free span's interior page mapped";
+    const struct sa_span *l = s->base ? sa_pagemap_lookup(s->base - SA_PAGE_SIZE) : NULL;
+    const struct sa_span *r = sa_pagemap_lookup(span_end(s));
+    if ((l != NULL && l->state == SA_SPAN_FREE) || (r != NULL && r->state == SA_SPAN_FREE))
+        return "adjacent free spans not coalesced";
+    if (s->released_pages != sa_pagemap_count_released(s->base, s->npages))
+        return "released_pages disagrees with the bitmap";
+    return NULL;
+}
+
+static const char *verify_index(const struct sa_free_index *ix, uint64_t *pages,
+                                uint64_t *released, uint64_t *dirty)
+{
+    uint64_t n = 0, p = 0;
+    for (unsigned b = 0; b < SA_PA_BUCKETS; b++) {
+        bool bit = (ix->nonempty[b / 64] >> (b % 64)) & 1;
+        if (bit != (ix->bucket[b].first != NULL))
+            return "bucket bitmap disagrees with its list";
+        for (const struct sa_span *s = ix->bucket[b].first; s != NULL; s = s->next) {
+            const char *err = verify_span(s, ix, b);
+            if (err != NULL)
+                return err;
+            n++;
+            p += s->npages;
+            *released += s->released_pages;
+            *dirty += s->on_list == LIST_DIRTY;
+        }
+    }
+    if (n != ix->spans || p != ix->pages)
+        return "index totals wrong";
+    *pages += p;
+    return NULL;
+}
+
+static const char *verify_locked(void)
+{
+    uint64_t pages = 0, released = 0, dirty = 0;
+    const char *err = verify_index(&dirty_set, &pages, &released, &dirty);
+    if (err == NULL)
+        err = verify_index(&clean_set, &pages, &released, &dirty);
+    if (err != NULL)
+        return err;
+    uint64_t aged = 0;
+    for (const struct sa_span *s = age_first; s != NULL; s = s->age_next, aged++)
+        if (s->on_list != LIST_DIRTY || (s->age_next && s->age_next->idle_since_ns < s->idle_since_ns))
+            return "age list out of order or holding a clean span";
+    if (aged != dirty)
+        return "age list does not hold every dirty span";
+    if (pages + counters.inuse_pages != counters.sys_bytes >> SA_PAGE_SHIFT)
+        return "free + in-use pages differ from the heap's size";
+    if (released != counters.released_pages)
+        return "released pages differ from the counter";
+    return NULL;
+}
+
+const char *sa_mheap_verify(void)
+{
+    pthread_mutex_lock(&heap_lock);
+    const char *err = verify_locked();
+    pthread_mutex_unlock(&heap_lock);
+    return err;
 }

@@ -38,8 +38,9 @@ SPANALLOC_API void spanalloc_free_aligned_sized(void *ptr, size_t alignment, siz
 
 /* ---- Statistics, modelled on Go's runtime.MemStats (all in bytes or counts) */
 
-/* Number of small size classes, including the unused class 0 (as in Go). */
-#define SPANALLOC_NUM_SIZE_CLASSES 67
+/* Number of size classes (small up to 32 KiB, medium up to 256 KiB),
+ * including the unused class 0 (as in Go). */
+#define SPANALLOC_NUM_SIZE_CLASSES 79
 
 struct mem_stats_class {
     uint64_t size;    /* object size of this class, in bytes */

@@ -12,8 +12,12 @@
  *     the scavenger and synchronously when the heap grows;
  *   - the idle limit (SPANALLOC_IDLE_LIMIT, default 10%): resident idle
  *     memory above a share of the heap in use is released once idle for
- *     SPANALLOC_IDLE_DELAY (default 150 ms), by the freeing thread
- *     (alloc/mheap.c) and by the scavenger.
+ *     SPANALLOC_IDLE_DELAY (default 150 ms).  A free that crosses the limit
+ *     hands the work to the scavenger thread (it wakes it and returns), so
+ *     no free stalls on the kernel; the thread releases the excess as soon
+ *     as it has aged.  Only when no thread runs (SPANALLOC_SCAVENGER=off, or
+ *     it could not start) does the freeing thread release, at most
+ *     SA_INLINE_RELEASE_BYTES per free.
  * The mheap does the releasing in bounded chunks without its lock held; this
  * file decides when and how much.
  */
@@ -40,6 +44,10 @@ static _Atomic uint64_t memory_limit;
 static _Atomic uint64_t num_scavenges, num_forced;
 static _Atomic bool limit_loaded;
 static _Atomic bool restart_pending; /* in a forked child: restart threads */
+/* A free saw the idle limit exceeded: the thread owes an idle pass.  Set by
+ * the free (once: the flag is read before anything is written), cleared by
+ * the thread when nothing is over the limit any more. */
+static _Atomic bool idle_armed;
 
 static uint64_t period_ns(void)
 {
@@ -103,23 +111,56 @@ static uint64_t mono_now_ns(void)
     return (uint64_t)ts.tv_sec * NS_PER_S + (uint64_t)ts.tv_nsec;
 }
 
-/* Sleep until the next cycle is due, waking at least once a second to see
- * whether the program's own threads are all gone (then this thread exits,
- * so that it never keeps a process alive; see alloc/os.c). */
+/* The idle limit's pass for a free that handed it over.  Returns when the
+ * thread must look again (ns, sa_os_now_ns's clock), or 0: nothing is over
+ * the limit, and the next free that crosses it wakes the thread again. */
+static uint64_t idle_pass(void)
+{
+    sa_mheap_enforce_idle_limit(sa_mheap_idle_excess());
+    uint64_t due = sa_mheap_idle_due_ns();
+    if (due != 0)
+        return due;
+    /* Disarm, then look again: a free between the look and the store would
+     * have seen the flag still set and not woken us. */
+    atomic_store(&idle_armed, false);
+    due = sa_mheap_idle_due_ns();
+    if (due != 0)
+        atomic_store(&idle_armed, true);
+    return due;
+}
+
+/* Sleep until the next cycle or the idle limit's next release is due,
+ * waking at least once a second to refresh the heap's coarse clock and to
+ * see whether the program's own threads are all gone (then this thread
+ * exits, so that it never keeps a process alive; see alloc/os.c). */
 static void *scavenger_main(void *arg)
 {
     (void)arg;
     sa_os_register_background_thread();
     uint64_t next_cycle = mono_now_ns() + period_ns();
+    uint64_t idle_due = 0; /* mono clock; 0: no pass owed */
     for (;;) {
         uint64_t now = mono_now_ns();
         uint64_t wake = next_cycle < now + NS_PER_S ? next_cycle : now + NS_PER_S;
+        if (idle_due != 0 && idle_due < wake)
+            wake = idle_due;
         struct timespec deadline = {(time_t)(wake / NS_PER_S), (long)(wake % NS_PER_S)};
         pthread_mutex_lock(&scav_lock);
-        pthread_cond_timedwait(&scav_wake, &scav_lock, &deadline);
+        if (!atomic_load(&idle_armed) || idle_due != 0)
+            pthread_cond_timedwait(&scav_wake, &scav_lock, &deadline);
         pthread_mutex_unlock(&scav_lock);
         if (!sa_os_user_threads_alive())
             break;
+        sa_mheap_clock_tick();
+        now = mono_now_ns();
+        if (atomic_load(&idle_armed) && (idle_due == 0 || now >= idle_due)) {
+            uint64_t due = idle_pass();
+            uint64_t heap_now = sa_os_now_ns();
+            /* At least a period of MIN_PERIOD_NS: a kernel that refuses the
+             * release must not make this loop spin. */
+            uint64_t wait = due > heap_now + MIN_PERIOD_NS ? due - heap_now : MIN_PERIOD_NS;
+            idle_due = due == 0 ? 0 : now + wait;
+        }
         if (mono_now_ns() >= next_cycle) {
             sa_scavenger_cycle();
             next_cycle = mono_now_ns() + period_ns();
@@ -128,6 +169,20 @@ static void *scavenger_main(void *arg)
     atomic_store(&scav_state, SCAV_OFF);
     sa_os_unregister_background_thread();
     return NULL;
+}
+
+void sa_scavenger_idle_excess(uint64_t excess)
+{
+    if (atomic_load_explicit(&scav_state, memory_order_acquire) != SCAV_RUNNING) {
+        sa_mheap_release_inline(excess);
+        return;
+    }
+    if (atomic_load_explicit(&idle_armed, memory_order_relaxed))
+        return; /* already owed: the common case while over the limit */
+    atomic_store(&idle_armed, true);
+    pthread_mutex_lock(&scav_lock);
+    pthread_cond_signal(&scav_wake);
+    pthread_mutex_unlock(&scav_lock);
 }
 
 static void start_thread(void)

@@ -140,7 +140,7 @@ SA_EXPORT size_t nallocx(size_t size, int flags)
         align = 1;
     if (size > (size_t)PTRDIFF_MAX)
         return 0;
-    if (align <= 16 && size <= SA_MAX_SMALL)
+    if (align <= 16 && size <= SA_MAX_MEDIUM)
         return sa_class_size[sa_size_class(size)];
     if (align <= SA_PAGE_SIZE && size <= SA_MAX_SMALL) {
         size_t rounded = (size + align - 1) & ~(align - 1);

@@ -374,8 +374,8 @@ static void realloc_keeps_content_across_small_and_large(void **state)
 static void large_realloc_grows_in_place_when_the_next_pages_are_free(void **state)
 {
     (void)state;
-    /* Above the large-span cache's 256 KiB, so a freed neighbour is free. */
-    enum { BLOCK = 320 * 1024 };
+    /* Above the large-span cache's 1 MiB, so a freed neighbour is free. */
+    enum { BLOCK = (1 << 20) + 64 * 1024 };
     if (UNDER_VALGRIND())
         skip(); /* growth in place is off under memcheck */
     unsigned char *a = NULL, *held[64];

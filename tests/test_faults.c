@@ -61,6 +61,7 @@ static size_t idle_pages(void)
 static void exhaust_heap(void)
 {
     atomic_store(&sa_os_fail_maps, 1 << 20);
+    sa_mheap_flush_large_cache(); /* cached spans would serve a request without growth */
     size_t idle = idle_pages();
     size_t n = idle;
     while (idle > 0 && n > 0) {

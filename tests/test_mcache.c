@@ -31,7 +31,7 @@ static void each_list_stays_under_its_cap(void **state)
     for (unsigned cls = 1; cls < SA_NUM_CLASSES; cls++)
         held += (size_t)sa_list_count(&sa_tls_cache->lists[cls]) * sa_class_size[cls];
     assert_true(held <= bound);
-    assert_true(bound <= 2208368); /* the documented per-thread bound (2.1 MiB) */
+    assert_true(bound <= 5190256); /* the documented per-thread bound (4.95 MiB: 2.1 small, 2.84 medium) */
 }
 
 static void *alloc_and_free_all(void *arg)

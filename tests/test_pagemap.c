@@ -20,11 +20,15 @@ static void foreign_addresses_map_to_nothing(void **state)
     assert_null(sa_pagemap_lookup(UINTPTR_MAX));
 }
 
-static void every_page_of_an_inuse_span_maps_to_it(void **state)
+/* A small span maps every page (free() finds any object's span from its own
+ * page); a large span only its first and last page, so its malloc and free
+ * cost the same whatever its size, and a pointer into its middle finds no
+ * span (free reports it). */
+static void inuse_spans_map_what_free_needs(void **state)
 {
     (void)state;
     char *small = spanalloc_malloc(100);
-    char *large = spanalloc_malloc(5 * SA_PAGE_SIZE + 1);
+    char *large = spanalloc_malloc(SA_MAX_MEDIUM + 5 * SA_PAGE_SIZE + 1); /* past the medium classes */
     struct sa_span *s = sa_pagemap_lookup((uintptr_t)small);
     assert_non_null(s);
     assert_int_equal(s->state, SA_SPAN_SMALL);
@@ -34,9 +38,13 @@ static void every_page_of_an_inuse_span_maps_to_it(void **state)
     struct sa_span *l = sa_pagemap_lookup((uintptr_t)large);
     assert_non_null(l);
     assert_int_equal(l->state, SA_SPAN_LARGE);
-    assert_int_equal(l->npages, 6);
-    for (size_t i = 0; i < l->npages; i++)
-        assert_ptr_equal(sa_pagemap_lookup(l->base + i * SA_PAGE_SIZE + 17), l);
+    assert_int_equal(l->npages, SA_MAX_MEDIUM / SA_PAGE_SIZE + 6);
+    assert_ptr_equal(sa_pagemap_lookup(l->base + 17), l);
+    assert_ptr_equal(sa_pagemap_lookup(l->base + (l->npages - 1) * SA_PAGE_SIZE + 17), l);
+    for (size_t i = 1; i + 1 < l->npages; i++)
+        assert_null(sa_pagemap_lookup(l->base + i * SA_PAGE_SIZE + 17));
+    for (size_t i = 0; i < s->npages; i++)
+        assert_ptr_equal(sa_pagemap_lookup(s->base + i * SA_PAGE_SIZE), s);
     spanalloc_free(small);
     spanalloc_free(large);
 }
@@ -46,13 +54,13 @@ static void every_page_of_an_inuse_span_maps_to_it(void **state)
 static void free_span_maps_only_its_ends(void **state)
 {
     (void)state;
-    char *block = spanalloc_malloc(40 * SA_PAGE_SIZE);
+    char *block = spanalloc_malloc(140 * SA_PAGE_SIZE); /* not kept by the large-span cache */
     uintptr_t base = (uintptr_t)block;
     spanalloc_free(block);
     struct sa_span *first = sa_pagemap_lookup(base);
     assert_non_null(first);
     assert_int_equal(first->state, SA_SPAN_FREE);
-    for (size_t i = 1; i + 1 < first->npages && i < 40; i++)
+    for (size_t i = 1; i + 1 < first->npages && i < 140; i++)
         assert_null(sa_pagemap_lookup(first->base + i * SA_PAGE_SIZE));
 }
 
@@ -138,7 +146,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(foreign_addresses_map_to_nothing),
-        cmocka_unit_test(every_page_of_an_inuse_span_maps_to_it),
+        cmocka_unit_test(inuse_spans_map_what_free_needs),
         cmocka_unit_test(free_span_maps_only_its_ends),
         cmocka_unit_test(unheld_pages_map_to_the_none_span),
         cmocka_unit_test(released_bitmap_counts_across_leaves),

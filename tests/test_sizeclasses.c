@@ -1,4 +1,5 @@
-/* The size-class table: pinned, and both 12.5% bounds for every class. */
+/* The size-class table: pinned; both 12.5% bounds for every small class, and
+ * for the medium classes (32 KiB .. 256 KiB) 25% round-up and 12.5% tail. */
 #include "test_helpers.h"
 #include "internal.h"
 
@@ -10,6 +11,8 @@ static const uint32_t pinned[] = {
     1664,  1792,  2048,  2304,  2560,  2816,  3072,  3328,  3584,  4096,  4608,  5120,
     5632,  6144,  6656,  7168,  8192,  9216,  10240, 11264, 12288, 13312, 14336, 16384,
     18432, 20480, 22528, 24576, 26624, 28672, 32768,
+    /* medium: one object per span, looked up out of the inline path */
+    40960, 49152, 57344, 65536, 81920, 98304, 114688, 131072, 163840, 196608, 229376, 262144,
 };
 
 static void table_is_pinned(void **state)
@@ -18,7 +21,8 @@ static void table_is_pinned(void **state)
     assert_int_equal(SA_NUM_CLASSES, sizeof(pinned) / sizeof(pinned[0]));
     for (unsigned c = 0; c < SA_NUM_CLASSES; c++)
         assert_int_equal(sa_class_size[c], pinned[c]);
-    assert_int_equal(sa_class_size[SA_NUM_CLASSES - 1], SA_MAX_SMALL);
+    assert_int_equal(sa_class_size[SA_NUM_SMALL_CLASSES - 1], SA_MAX_SMALL);
+    assert_int_equal(sa_class_size[SA_NUM_CLASSES - 1], SA_MAX_MEDIUM);
 }
 
 static void every_class_is_16_byte_aligned(void **state)
@@ -29,7 +33,7 @@ static void every_class_is_16_byte_aligned(void **state)
 }
 
 /* Rounding a request up to its class wastes at most 12.5% of the class above
- * 128 B; below, classes are one 16-byte granule apart. */
+ * 128 B, 25% above 32 KiB; below 128 B, classes are one 16-byte granule apart. */
 static void round_up_waste_is_bounded(void **state)
 {
     (void)state;
@@ -37,8 +41,10 @@ static void round_up_waste_is_bounded(void **state)
         uint32_t gap = sa_class_size[c] - sa_class_size[c - 1];
         if (sa_class_size[c] <= 128)
             assert_int_equal(gap, 16);
-        else
+        else if (sa_class_size[c] <= SA_MAX_SMALL)
             assert_true((uint64_t)gap * 8 <= sa_class_size[c]);
+        else
+            assert_true((uint64_t)gap * 4 <= sa_class_size[c]);
     }
 }
 
@@ -59,7 +65,7 @@ static void span_tail_waste_is_bounded_and_pages_minimal(void **state)
 static void lookup_gives_smallest_fitting_class(void **state)
 {
     (void)state;
-    for (size_t size = 0; size <= SA_MAX_SMALL; size++) {
+    for (size_t size = 0; size <= SA_MAX_MEDIUM; size++) {
         unsigned c = sa_size_class(size);
         assert_true(c >= 1 && c < SA_NUM_CLASSES);
         assert_true(sa_class_size[c] >= size);
@@ -82,12 +88,13 @@ static void direct_lookup_matches_the_rounded_one(void **state)
 }
 
 /* free() turns an offset into an object index with a multiply: exact for
- * every byte offset inside a span of the class. */
+ * every byte offset inside a span of a small class (a medium span holds one
+ * object: its index is always 0). */
 static void division_magic_is_exact(void **state)
 {
     (void)state;
     uint64_t wrong = 0;
-    for (unsigned c = 1; c < SA_NUM_CLASSES; c++) {
+    for (unsigned c = 1; c < SA_NUM_SMALL_CLASSES; c++) {
         uint64_t span = (uint64_t)sa_class_npages[c] * SA_PAGE_SIZE;
         for (uint64_t off = 0; off < span; off++)
             wrong += ((off * sa_class_magic[c]) >> 32) != off / sa_class_size[c];
@@ -118,9 +125,40 @@ static void free_check_accepts_exactly_object_starts(void **state)
         spanalloc_free(p);
     }
     /* A large object's span is never accepted: it goes out of line. */
-    void *big = spanalloc_malloc(100000);
+    void *big = spanalloc_malloc(SA_MAX_MEDIUM + 1);
     struct sa_span *s = sa_pagemap_lookup((uintptr_t)big);
     assert_int_equal(s->free_limit, 0);
+    spanalloc_free(big);
+}
+
+/* A medium request is served by its class through the thread cache: freed
+ * and asked for again, the same block comes back without the heap; the
+ * first request past 256 KiB is a large object.  (Under memcheck no thread
+ * has a cache: the class alone is checked.) */
+static void medium_requests_go_through_the_cache(void **state)
+{
+    (void)state;
+    bool cached = !sa_on_valgrind;
+    for (size_t size = SA_MAX_SMALL + 1; size <= SA_MAX_MEDIUM; size += 7 * 1024 + 3) {
+        void *p = spanalloc_malloc(size);
+        assert_non_null(p);
+        struct sa_span *s = sa_pagemap_lookup((uintptr_t)p);
+        assert_int_equal(s->state, SA_SPAN_SMALL);
+        assert_int_equal(sa_span_cls(s), sa_size_class(size));
+        assert_int_equal(spanalloc_usable_size(p), sa_class_size[sa_size_class(size)]);
+        spanalloc_free(p);
+        struct mem_stats before = stats_now();
+        void *q = spanalloc_malloc(size);
+        struct mem_stats after = stats_now();
+        if (cached) {
+            assert_ptr_equal(q, p); /* from the cache list */
+            assert_int_equal(after.heap_inuse, before.heap_inuse); /* no span taken */
+        }
+        assert_stats_invariants(&after);
+        spanalloc_free(q);
+    }
+    void *big = spanalloc_malloc(SA_MAX_MEDIUM + 1);
+    assert_int_equal(sa_pagemap_lookup((uintptr_t)big)->state, SA_SPAN_LARGE);
     spanalloc_free(big);
 }
 
@@ -133,6 +171,7 @@ int main(void)
         cmocka_unit_test(span_tail_waste_is_bounded_and_pages_minimal),
         cmocka_unit_test(lookup_gives_smallest_fitting_class),
         cmocka_unit_test(direct_lookup_matches_the_rounded_one),
+        cmocka_unit_test(medium_requests_go_through_the_cache),
         cmocka_unit_test(division_magic_is_exact),
         cmocka_unit_test(free_check_accepts_exactly_object_starts),
     };

@@ -305,9 +305,7 @@ static void random_operations_with_cross_thread_frees(void **state)
     assert_stats_invariants(&base);
     pthread_barrier_init(&producers_done, NULL, NTHREADS);
     pthread_t t[NTHREADS];
-    /* Every inbox is ready before any worker starts: a worker sends to the
-     * others' inboxes at once. */
-    for (int i = 0; i < NTHREADS; i++)
+    for (int i = 0; i < NTHREADS; i++) /* all before any worker sends to one */
         pthread_mutex_init(&inboxes[i].lock, NULL);
     for (int i = 0; i < NTHREADS; i++) {
         workers[i] = (struct worker){.id = i, .rng = 1000u + (unsigned)i * 7919u, .rounds = rounds};
@@ -398,11 +396,15 @@ static void short_lived_threads_return_their_caches(void **state)
     (void)state;
     int waves = UNDER_VALGRIND() ? 3 : 8;
     int per_wave = UNDER_VALGRIND() ? 6 : 16;
-    const uint64_t slack = 8 << 20; /* the heap grows in steps of 64 MiB */
+    /* The heap grows in steps of 64 MiB, and 16 threads caching up to
+     * 4.95 MiB each (medium classes included) may need one step more when a
+     * later wave overlaps more than the first did; a cache not returned by
+     * each thread (80 MiB a wave) still shows within two waves. */
+    const uint64_t slack = (64 << 20) + (8 << 20);
     struct mem_stats base = stats_now();
     for (int c = 1; c < SPANALLOC_NUM_SIZE_CLASSES; c++)
         class_sizes[c] = base.by_size[c].size;
-    assert_int_equal(class_sizes[SPANALLOC_NUM_SIZE_CLASSES - 1], 32768);
+    assert_int_equal(class_sizes[SPANALLOC_NUM_SIZE_CLASSES - 1], 262144);
 
     uint64_t first_heap_sys = 0, first_mcache_sys = 0;
     for (int wave = 0; wave < waves; wave++) {

@@ -20,7 +20,7 @@ usage() {
 usage: $0 [-b BUILD_DIR] [-k K] [-a ALLOCATORS] [-j JOBS]
   -b DIR   meson build directory (default: <repo>/build)
   -k K     pairs in the short run (default 200000, multiple of 64); long run = 2K;
-           the 64 KiB pair uses K/32
+           the 64 KiB and 1 MiB pairs use K/32
   -a LIST  comma list from glibc,jemalloc,tcmalloc,mimalloc,spanalloc (default all)
   -j N     valgrind runs in parallel (default 2)
 Prints a markdown table on stdout; progress on stderr.
@@ -67,17 +67,17 @@ expect_of() {
   esac
 }
 
-# The 64 KiB pair runs K/32 times (rounded to 64): some allocators spend tens
+# The 64 KiB and 1 MiB pairs run K/32 times (rounded to 64): some allocators spend tens
 # of thousands of instructions on it, and the difference method is exact anyway.
 k_of() {
-  if [ "$1" = pair64k ]; then
+  if [ "$1" = pair64k ] || [ "$1" = pair1m ]; then
     local k=$((K / 32 / 64 * 64)); [ $k -ge 64 ] || k=64; echo $k
   else
     echo "$K"
   fi
 }
 IFS=, read -r -a alist <<<"$allocs"
-workloads=(live64 pair32 pair1k pair64k)
+workloads=(live64 pair32 pair1k pair64k pair1m)
 tmp=$(mktemp -d /tmp/sa-callgrind.XXXXXX)
 trap 'rm -rf "$tmp"' EXIT
 
@@ -154,10 +154,10 @@ for a in stub "${alist[@]}"; do
   for w in "${workloads[@]}"; do ipp[$a.$w]=$(per_pair "$a" "$w"); done
 done
 
-echo "### Instructions per malloc+free pair (callgrind, (Ir(2K)-Ir(K))/K, K=$K ($(k_of pair64k) for 64 KiB), main thread)"
+echo "### Instructions per malloc+free pair (callgrind, (Ir(2K)-Ir(K))/K, K=$K ($(k_of pair64k) for 64 KiB and 1 MiB), main thread)"
 echo
-echo "| allocator | live64 16..256 B LIFO | 32 B pair | 1 KiB pair | 64 KiB pair |"
-echo "| --- | ---: | ---: | ---: | ---: |"
+echo "| allocator | live64 16..256 B LIFO | 32 B pair | 1 KiB pair | 64 KiB pair | 1 MiB pair |"
+echo "| --- | ---: | ---: | ---: | ---: | ---: |"
 for a in "${alist[@]}"; do
   printf "| %s |" "$a"
   for w in "${workloads[@]}"; do printf " %s |" "${ipp[$a.$w]}"; done
@@ -168,8 +168,8 @@ for w in "${workloads[@]}"; do printf " %s |" "${ipp[stub.$w]}"; done
 echo
 echo
 if [[ " ${alist[*]} " == *" spanalloc "* ]]; then
-  echo "| ratio spanalloc / peer | live64 | 32 B | 1 KiB | 64 KiB |"
-  echo "| --- | ---: | ---: | ---: | ---: |"
+  echo "| ratio spanalloc / peer | live64 | 32 B | 1 KiB | 64 KiB | 1 MiB |"
+  echo "| --- | ---: | ---: | ---: | ---: | ---: |"
   for a in "${alist[@]}"; do
     case "$a" in spanalloc*) continue ;; esac
     printf "| spanalloc / %s |" "$a"

@@ -91,6 +91,8 @@ static int run(const char *workload, size_t pairs, int stub)
         size = 1024;
     else if (strcmp(workload, "pair64k") == 0)
         size = 65536;
+    else if (strcmp(workload, "pair1m") == 0)
+        size = 1 << 20;
     else
         return -1;
     (stub ? pair_stub : pair_real)(size, pairs);
@@ -100,7 +102,7 @@ static int run(const char *workload, size_t pairs, int stub)
 int main(int argc, char **argv)
 {
     if (argc < 3) {
-        fprintf(stderr, "usage: %s live64|pair32|pair1k|pair64k PAIRS [--stub]\n", argv[0]);
+        fprintf(stderr, "usage: %s live64|pair32|pair1k|pair64k|pair1m PAIRS [--stub]\n", argv[0]);
         return 2;
     }
     const char *workload = argv[1];
@@ -126,7 +128,7 @@ int main(int argc, char **argv)
 
     /* Warm-up: the same workload, a fixed amount, so both runs start from
      * the same steady state. */
-    size_t warmup = strcmp(workload, "pair64k") == 0 ? 4096 : 64 * 1024;
+    size_t warmup = strcmp(workload, "pair64k") == 0 || strcmp(workload, "pair1m") == 0 ? 4096 : 64 * 1024;
     if (run(workload, warmup, stub) != 0) {
         fprintf(stderr, "unknown workload %s\n", workload);
         return 2;

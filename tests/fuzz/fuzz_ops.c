@@ -9,7 +9,8 @@
  *
  * Input: a sequence of operations, each an opcode byte and its operands
  * (missing bytes read as 0).  A size is 3 bytes: the top two bits of the
- * first pick a range (0..255, 0..1 KiB, 0..32 KiB, 0..300 KiB).
+ * first pick a range (0..255, 0..1 KiB, 0..32 KiB, 0..2.5 MiB: small, medium
+ * (32..256 KiB) and large blocks, cached (up to 1 MiB) or not).
  *   0 malloc       slot size          7 read_mem_stats (and check them)
  *   1 free         slot               8 check        slot
  *   2 realloc      slot size          9 reallocarray slot count size
@@ -22,9 +23,12 @@
  * 255 asks for an overflowing product (ENOMEM is expected).
  *
  * Checked: contents on every touch and free, calloc zeroes, alignment,
- * usable size >= size, errno on every failure, and after read_mem_stats
- * every documented invariant plus the exact live objects and bytes of the
- * model, per size class; after free_os_memory, heap_released == heap_idle.
+ * usable size >= size, errno on every failure, a large block shrunk by
+ * realloc staying in place with its tail given back, and after
+ * read_mem_stats every documented invariant plus the exact live objects and
+ * bytes of the model, per size class (medium classes included), and the
+ * heap's structure (sa_mheap_verify); after free_os_memory, heap_released
+ * == heap_idle.
  */
 #include <errno.h>
 #include <stdbool.h>
@@ -40,7 +44,7 @@ int LLVMFuzzerInitialize(int *argc, char ***argv);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 #define NSLOTS 256
-#define MAX_SIZE (300 * 1024)
+#define MAX_SIZE (2560 * 1024)
 
 struct slot {
     unsigned char *ptr;
@@ -190,7 +194,16 @@ static void op_realloc(struct slot *s, size_t size)
 {
     if (s->ptr != NULL)
         check_contents(s, "realloc");
+    struct sa_span *old = s->ptr != NULL ? sa_pagemap_lookup((uintptr_t)s->ptr) : NULL;
+    size_t old_usable = s->ptr != NULL ? spanalloc_usable_size(s->ptr) : 0;
+    bool shrinks_large = old != NULL && old->state == SA_SPAN_LARGE && size > SA_MAX_SMALL &&
+                         size <= old_usable;
     unsigned char *p = spanalloc_realloc(s->ptr, size);
+    if (shrinks_large) {
+        CHECK(p == s->ptr, "large realloc shrink %zu -> %zu moved", old_usable, size);
+        CHECK(spanalloc_usable_size(p) == ((size + SA_PAGE_SIZE - 1) & ~(SA_PAGE_SIZE - 1)),
+              "large realloc shrink to %zu kept %zu bytes", size, spanalloc_usable_size(p));
+    }
     if (size == 0 && s->ptr != NULL) {
         CHECK(p == NULL, "realloc(p, 0) returned %p", (void *)p); /* it frees */
         s->ptr = NULL;
@@ -329,6 +342,8 @@ static void check_stats(bool after_release)
         CHECK(st.released_total >= prev.released_total, "released_total decreased");
         CHECK(st.heap_sys >= prev.heap_sys, "heap_sys decreased (the heap never unmaps)");
     }
+    const char *heap_err = sa_mheap_verify();
+    CHECK(heap_err == NULL, "heap structure: %s", heap_err);
     if (after_release && st.madvise_failures == (have_prev ? prev.madvise_failures : 0))
         CHECK(st.heap_released == st.heap_idle,
               "after free_os_memory: released %llu, idle %llu",

@@ -15,7 +15,7 @@ def size(n):
         return bytes([0x40, n >> 8, n & 255])
     if n <= 32768:
         return bytes([0x80, n >> 8, n & 255])
-    assert n <= 300 * 1024
+    assert n <= 2560 * 1024
     return bytes([0xC0 | (n >> 16), (n >> 8) & 255, n & 255])
 
 
@@ -62,6 +62,16 @@ seeds["free_sized"] = op(MALLOC, 5, size(80)) + op(MALLOC, 6, size(50000)) + \
 seeds["all_slots"] = b"".join(op(MALLOC, i, size((i * 997) % 40000)) for i in range(256)) + \
     op(STATS) + b"".join(op(FREE, i) for i in range(0, 256, 3)) + op(FREE_OS) + \
     b"".join(op(MALLOC, i, size(200 + i)) for i in range(0, 256, 3)) + op(STATS)
+MEDIUM = [32769, 40960, 40961, 49152, 65536, 65537, 100 * 1024, 131072, 200 * 1024, 262144]
+seeds["medium_classes"] = b"".join(op(MALLOC, i, size(n)) for i, n in enumerate(MEDIUM)) + \
+    op(STATS) + b"".join(op(FREE, i) for i in range(0, len(MEDIUM), 2)) + \
+    b"".join(op(MALLOC, i, size(n)) for i, n in enumerate(MEDIUM) if i % 2 == 0) + \
+    op(CALLOC, 40, 1, size(100000)) + op(STATS) + op(FREE_OS) + op(STATS)
+seeds["large_shrink"] = op(MALLOC, 1, size(2500 * 1024)) + op(REALLOC, 1, size(1500 * 1024)) + \
+    op(REALLOC, 1, size(600 * 1024)) + op(REALLOC, 1, size(262145)) + op(STATS) + \
+    op(MALLOC, 2, size(1024 * 1024)) + op(FREE, 2) + op(MALLOC, 3, size(700 * 1024)) + \
+    op(MALLOC, 2, size(1024 * 1024)) + op(REALLOC, 2, size(100 * 1024)) + op(CHECK, 1) + \
+    op(STATS) + op(FREE_OS) + op(STATS)
 rng = random.Random(20240601)
 mixed = b""
 for _ in range(400):
@@ -69,7 +79,8 @@ for _ in range(400):
     slot = rng.randrange(32)
     if code in (MALLOC, REALLOC, REALLOC_NEAR):
         mixed += op(code, slot, size(rng.choice([rng.randrange(256), rng.randrange(33000),
-                                                 rng.randrange(300 * 1024)])))
+                                                 rng.randrange(300 * 1024),
+                                                 rng.randrange(2560 * 1024)])))
     elif code in (CALLOC, REALLOCARRAY):
         mixed += op(code, slot, rng.randrange(20), size(rng.randrange(70000)))
     elif code in (ALIGNED, MEMALIGN):
