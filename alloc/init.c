@@ -10,6 +10,7 @@
  */
 #include <fcntl.h>
 #include <sched.h>
+#include <sys/auxv.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -116,54 +117,74 @@ static void warn_option(const char *name, const char *value)
     }
 }
 
+/* Every SPANALLOC_* variable is read through here.  In a secure-execution
+ * process (setuid, setgid, file capabilities: AT_SECURE) the environment
+ * belongs to a less privileged user, so secure_getenv() hides it: every
+ * option keeps its default, and in particular the ones that write files
+ * (SPANALLOC_STATS_FILE) or print (SPANALLOC_STATS, SPANALLOC_TRACE, and the
+ * warning about a bad value) cannot be used to make the program write where
+ * its user could not. */
+bool sa_secure_exec;
+
+static const char *option_env(const char *name)
+{
+    return secure_getenv(name);
+}
+
 static void read_options(void)
 {
     const char *v;
-    if ((v = getenv("SPANALLOC_SCAVENGE_IDLE")) != NULL &&
+    sa_secure_exec = getauxval(AT_SECURE) != 0;
+    if ((v = option_env("SPANALLOC_SCAVENGE_IDLE")) != NULL &&
         !sa_parse_duration(v, &sa_options.scavenge_idle_ns))
         warn_option("SPANALLOC_SCAVENGE_IDLE", v);
-    if ((v = getenv("SPANALLOC_MEMORY_LIMIT")) != NULL &&
+    if ((v = option_env("SPANALLOC_MEMORY_LIMIT")) != NULL &&
         !sa_parse_bytes(v, &sa_options.memory_limit))
         warn_option("SPANALLOC_MEMORY_LIMIT", v);
-    if ((v = getenv("SPANALLOC_IDLE_LIMIT")) != NULL &&
+    if ((v = option_env("SPANALLOC_IDLE_LIMIT")) != NULL &&
         !sa_parse_percent(v, &sa_options.idle_limit_pct))
         warn_option("SPANALLOC_IDLE_LIMIT", v);
-    if ((v = getenv("SPANALLOC_IDLE_DELAY")) != NULL &&
+    if ((v = option_env("SPANALLOC_IDLE_DELAY")) != NULL &&
         !sa_parse_duration(v, &sa_options.idle_delay_ns))
         warn_option("SPANALLOC_IDLE_DELAY", v);
-    if ((v = getenv("SPANALLOC_MADVISE")) != NULL) {
+    if ((v = option_env("SPANALLOC_MADVISE")) != NULL) {
         if (strcmp(v, "free") == 0)
             sa_options.madvise_free = true;
         else if (strcmp(v, "dontneed") != 0)
             warn_option("SPANALLOC_MADVISE", v);
     }
-    if ((v = getenv("SPANALLOC_SCAVENGER")) != NULL) {
+    if ((v = option_env("SPANALLOC_SCAVENGER")) != NULL) {
         if (strcmp(v, "off") == 0 || strcmp(v, "0") == 0)
             sa_options.scavenger_enabled = false;
         else if (strcmp(v, "on") != 0 && strcmp(v, "1") != 0)
             warn_option("SPANALLOC_SCAVENGER", v);
     }
-    if ((v = getenv("SPANALLOC_TRACE")) != NULL)
+    if ((v = option_env("SPANALLOC_TRACE")) != NULL)
         sa_options.trace = strcmp(v, "0") != 0 && *v != '\0';
-    if ((v = getenv("SPANALLOC_STATS_FILE")) != NULL && *v != '\0') {
+    if ((v = option_env("SPANALLOC_STATS_FILE")) != NULL && *v != '\0') {
         if (strlen(v) < sizeof(sa_options.stats_file))
             memcpy(sa_options.stats_file, v, strlen(v) + 1);
         else
             warn_option("SPANALLOC_STATS_FILE", "(path too long)");
     }
-    if ((v = getenv("SPANALLOC_STATS_INTERVAL")) != NULL &&
+    if ((v = option_env("SPANALLOC_STATS_INTERVAL")) != NULL &&
         (!sa_parse_duration(v, &sa_options.stats_interval_ns) ||
          sa_options.stats_interval_ns == 0)) {
         sa_options.stats_interval_ns = 10 * NS_PER_S;
         warn_option("SPANALLOC_STATS_INTERVAL", v);
     }
-    if ((v = getenv("SPANALLOC_STATS")) != NULL) {
+    if ((v = option_env("SPANALLOC_STATS")) != NULL) {
         if (strcmp(v, "text") == 0 || strcmp(v, "1") == 0)
             sa_options.stats_at_exit = SPANALLOC_STATS_TEXT;
         else if (strcmp(v, "json") == 0)
             sa_options.stats_at_exit = SPANALLOC_STATS_JSON;
         else if (*v != '\0' && strcmp(v, "0") != 0)
             warn_option("SPANALLOC_STATS", v);
+    }
+    if (sa_secure_exec) { /* whatever set them: no file, no output */
+        sa_options.stats_file[0] = '\0';
+        sa_options.stats_at_exit = -1;
+        sa_options.trace = false;
     }
 }
 

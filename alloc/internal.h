@@ -432,6 +432,9 @@ struct sa_options {
     uint64_t stats_interval_ns; /* SPANALLOC_STATS_INTERVAL, default 10 s */
 };
 extern struct sa_options sa_options;
+/* A secure-execution process (AT_SECURE): options come from secure_getenv,
+ * and nothing writes files or prints on an option's say-so. */
+extern bool sa_secure_exec;
 extern bool sa_on_valgrind; /* set at init: caches off, client requests on */
 extern _Atomic int sa_init_state; /* 0 none, 1 running, 2 done */
 void sa_init_slow(void);

@@ -1,0 +1,126 @@
+/* Reliability round two (issue 14): the environment of a secure-execution
+ * process, sizes no machine can back, and the first-time initialisation
+ * caught by a fork.
+ *
+ * The secure-execution test runs this binary again (/proc/self/exe, or
+ * through $SPANALLOC_TEST_EXEC_WRAPPER, e.g. qemu-aarch64 for the arm64
+ * pass) with a real uid other than its effective uid: the kernel then sets
+ * AT_SECURE, as for a setuid program.  It needs root, which the CI has. */
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "test_helpers.h"
+#include "internal.h"
+
+#define GIB ((size_t)1 << 30)
+#define TIB ((size_t)1 << 40)
+
+/* ---- AT_SECURE: the options that write files or print are ignored */
+
+static char secure_dir[] = "/tmp/spanalloc-secure-XXXXXX";
+
+/* Run in the re-executed process: exit 0 iff no option took effect. */
+static int secure_child_main(void)
+{
+    if (!sa_secure_exec)
+        return 10;
+    if (sa_options.stats_file[0] != '\0')
+        return 11;
+    if (sa_options.stats_at_exit != -1 || sa_options.trace)
+        return 12;
+    if (sa_options.scavenge_idle_ns != 5ull * 60 * 1000000000ull)
+        return 13; /* every option comes from secure_getenv */
+    void *p = spanalloc_malloc(100 << 20); /* heap growth: the writer would start */
+    if (p == NULL)
+        return 14;
+    spanalloc_free(p);
+    return 0;
+}
+
+/* Re-execute this binary with the options set, with real uid `ruid` and
+ * effective uid 0; returns its exit status, its stderr in err. */
+static int run_child(uid_t ruid, char *err, size_t errlen)
+{
+    char path[sizeof(secure_dir) + 16];
+    snprintf(path, sizeof(path), "%s/snap.json", secure_dir);
+    int pipefd[2];
+    assert_int_equal(pipe(pipefd), 0);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        dup2(pipefd[1], STDERR_FILENO);
+        close(pipefd[0]);
+        setenv("SPANALLOC_STATS_FILE", path, 1);
+        setenv("SPANALLOC_STATS", "text", 1);
+        setenv("SPANALLOC_TRACE", "1", 1);
+        setenv("SPANALLOC_SCAVENGE_IDLE", "1s", 1);
+        setenv("SPANALLOC_STATS_INTERVAL", "bad", 1); /* would print a warning */
+        if (setresuid(ruid, 0, 0) != 0)
+            _exit(20);
+        char self[4096];
+        ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+        if (n <= 0)
+            _exit(21);
+        self[n] = '\0';
+        const char *wrapper = getenv("SPANALLOC_TEST_EXEC_WRAPPER");
+        if (wrapper != NULL && *wrapper != '\0')
+            execl(wrapper, wrapper, self, "--secure-child", (char *)NULL);
+        else
+            execl(self, self, "--secure-child", (char *)NULL);
+        _exit(22);
+    }
+    close(pipefd[1]);
+    size_t got = 0;
+    ssize_t n;
+    while ((n = read(pipefd[0], err + got, errlen - 1 - got)) > 0)
+        got += (size_t)n;
+    err[got] = '\0';
+    close(pipefd[0]);
+    int status;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFEXITED(status));
+    return WEXITSTATUS(status);
+}
+
+static void secure_exec_ignores_the_environment(void **state)
+{
+    (void)state;
+    assert_int_equal(geteuid(), 0); /* the CI runs as root */
+    assert_non_null(mkdtemp(secure_dir));
+    char path[sizeof(secure_dir) + 16];
+    snprintf(path, sizeof(path), "%s/snap.json", secure_dir);
+    char err[4096];
+
+    /* Control: the same run without AT_SECURE takes the options (so the
+     * child's checks can fail), and prints the bad-value warning. */
+    assert_int_not_equal(run_child(0, err, sizeof(err)), 0);
+    assert_non_null(strstr(err, "SPANALLOC_STATS_INTERVAL"));
+    unlink(path);
+
+    /* A real uid other than the effective one: AT_SECURE. */
+    int rc = run_child(65534, err, sizeof(err));
+    assert_int_equal(rc, 0);
+    assert_string_equal(err, ""); /* nothing printed: no warning, no stats */
+    struct stat st;
+    assert_int_equal(stat(path, &st), -1); /* no snapshot file written */
+    assert_int_equal(errno, ENOENT);
+    rmdir(secure_dir);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc > 1 && strcmp(argv[1], "--secure-child") == 0)
+        return secure_child_main();
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(secure_exec_ignores_the_environment),
+    };
+    return cmocka_run_group_tests_name("reliability", tests, NULL, NULL);
+}
