@@ -405,6 +405,10 @@ void sa_mheap_fork_child(void);
 /* ---- os (alloc/os.c): the one place that talks to the kernel. */
 void *sa_os_map(size_t bytes, size_t align);
 void sa_os_unmap(void *addr, size_t bytes);
+/* Could the machine ever back `bytes` more (RAM + swap, the kernel's
+ * overcommit rule)?  Called where the large path begins, before anything is
+ * touched. */
+bool sa_os_can_back(size_t bytes);
 bool sa_os_release(void *addr, size_t bytes);
 void sa_os_random(void *buf, size_t len);
 uint64_t sa_os_now_ns(void);

@@ -27,7 +27,8 @@ static bool is_power_of_two(size_t x)
 void *sa_malloc_large(size_t size, size_t align)
 {
     sa_ensure_init();
-    if (size > SA_MAX_REQUEST || align > ((size_t)1 << (SA_ADDR_BITS - 2))) {
+    if (size > SA_MAX_REQUEST || align > ((size_t)1 << (SA_ADDR_BITS - 2)) ||
+        !sa_os_can_back(size + align)) { /* fails at once, touching nothing */
         errno = ENOMEM;
         return NULL;
     }

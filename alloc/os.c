@@ -14,6 +14,7 @@
 #include <stdint.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
+#include <sys/sysinfo.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -57,6 +58,40 @@ void *sa_os_map(size_t bytes, size_t align)
     if (tail)
         munmap((char *)start + bytes, tail);
     return (void *)start;
+}
+
+/* ---- Requests no machine could back.
+ *
+ * Heap mappings are MAP_NORESERVE (address space first, memory as it is
+ * touched), so the kernel's overcommit check never sees a request: a 20 TiB
+ * malloc would map, then write page-map state for every 64 MiB of it.  A
+ * request of at least SA_OS_BACKING_CHECK bytes is first held against
+ *   - the machine: RAM plus swap (sysinfo).  The kernel's default rule
+ *     (vm.overcommit_memory=0) refuses one mapping larger than that; with
+ *     overcommit_memory=1 the kernel would accept it, but no use of it could
+ *     be backed and its page-map leaves alone would cost a thousandth of it,
+ *     so it is refused as well;
+ *   - the kernel's own rule as configured now (with overcommit_memory=2, the
+ *     commit limit): an accounted mapping of that size is made and undone at
+ *     once, without touching it.
+ * Smaller requests fail, if they must, in the mapping itself. */
+#define SA_OS_BACKING_CHECK ((size_t)64 << 20)
+
+bool sa_os_can_back(size_t bytes)
+{
+    if (bytes < SA_OS_BACKING_CHECK)
+        return true;
+    struct sysinfo si;
+    if (sysinfo(&si) == 0) {
+        uint64_t units = (uint64_t)si.totalram + si.totalswap, total;
+        if (!__builtin_mul_overflow(units, (uint64_t)si.mem_unit, &total) && bytes > total)
+            return false;
+    }
+    void *probe = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (probe == MAP_FAILED)
+        return false;
+    munmap(probe, bytes);
+    return true;
 }
 
 void sa_os_unmap(void *addr, size_t bytes)

@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/sysinfo.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -115,12 +116,85 @@ static void secure_exec_ignores_the_environment(void **state)
     rmdir(secure_dir);
 }
 
+/* ---- Sizes no machine can back: NULL + ENOMEM at once, nothing touched */
+
+/* More than RAM + swap: the kernel's default overcommit rule refuses it. */
+static size_t beyond_machine(void)
+{
+    struct sysinfo si;
+    assert_int_equal(sysinfo(&si), 0);
+    uint64_t total = ((uint64_t)si.totalram + si.totalswap) * si.mem_unit;
+    return (size_t)(total + total / 2 + GIB);
+}
+
+struct footprint {
+    uint64_t heap_sys, other_sys, mspan_sys, heap_inuse;
+};
+
+static struct footprint footprint_now(void)
+{
+    struct mem_stats st = stats_now();
+    return (struct footprint){st.heap_sys, st.other_sys, st.mspan_sys, st.heap_inuse};
+}
+
+static void assert_untouched(struct footprint before)
+{
+    struct footprint after = footprint_now();
+    assert_int_equal(after.heap_sys, before.heap_sys);
+    assert_int_equal(after.other_sys, before.other_sys); /* no page-map leaf */
+    assert_int_equal(after.mspan_sys, before.mspan_sys);
+    assert_int_equal(after.heap_inuse, before.heap_inuse);
+}
+
+static void huge_requests_fail_at_once(void **state)
+{
+    (void)state;
+    size_t sizes[] = {beyond_machine(), 1000 * GIB, 20 * TIB};
+    void *keep = spanalloc_malloc(100);
+    assert_non_null(keep);
+    memset(keep, 0x5c, 100);
+    for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) {
+        size_t n = sizes[i];
+        if (n < beyond_machine())
+            continue; /* a machine with that much memory would back it */
+        struct footprint before = footprint_now();
+        errno = 0;
+        assert_null(spanalloc_malloc(n));
+        assert_int_equal(errno, ENOMEM);
+        errno = 0;
+        assert_null(spanalloc_calloc(n / GIB, GIB));
+        assert_int_equal(errno, ENOMEM);
+        errno = 0;
+        assert_null(spanalloc_aligned_alloc(1 << 20, n));
+        assert_int_equal(errno, ENOMEM);
+        void *out = keep;
+        assert_int_equal(spanalloc_posix_memalign(&out, 4096, n), ENOMEM);
+        assert_ptr_equal(out, keep); /* never written on failure */
+        errno = 0;
+        assert_null(spanalloc_realloc(keep, n));
+        assert_int_equal(errno, ENOMEM);
+        errno = 0;
+        assert_null(spanalloc_reallocarray(keep, n / GIB, GIB));
+        assert_int_equal(errno, ENOMEM);
+        assert_untouched(before);
+        for (int b = 0; b < 100; b++) /* the old block is intact */
+            assert_int_equal(((unsigned char *)keep)[b], 0x5c);
+    }
+    spanalloc_free(keep);
+    /* Requests the machine can back still succeed. */
+    char *big = spanalloc_malloc(256 << 20);
+    assert_non_null(big);
+    big[0] = big[(256 << 20) - 1] = 1;
+    spanalloc_free(big);
+}
+
 int main(int argc, char **argv)
 {
     if (argc > 1 && strcmp(argv[1], "--secure-child") == 0)
         return secure_child_main();
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(secure_exec_ignores_the_environment),
+        cmocka_unit_test(huge_requests_fail_at_once),
     };
     return cmocka_run_group_tests_name("reliability", tests, NULL, NULL);
 }
