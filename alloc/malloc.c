@@ -52,6 +52,13 @@ void sa_free_not_small(void *ptr, struct sa_span *s)
 {
     if (ptr == NULL)
         return;
+    if (s == NULL) { /* the inline lookup covers the static root only */
+        s = sa_pagemap_lookup((uintptr_t)ptr);
+        if (s != NULL && (uint64_t)((uintptr_t)ptr - s->base) * s->free_magic < s->free_limit) {
+            sa_mcache_free(ptr, s); /* a small block above 2^SA_ADDR_BITS */
+            return;
+        }
+    }
     if (s == &sa_span_none)
         s = NULL;
     if (s != NULL && s->state == SA_SPAN_LARGE && (uintptr_t)ptr == s->base) {

@@ -25,11 +25,14 @@
 #endif
 
 _Atomic int sa_os_fail_maps;
+_Atomic int sa_os_fail_maps_after;
 uint64_t (*sa_clock_hook)(void);
 
 static void *map_exact(size_t bytes)
 {
-    if (atomic_load_explicit(&sa_os_fail_maps, memory_order_relaxed) > 0) {
+    if (atomic_load_explicit(&sa_os_fail_maps_after, memory_order_relaxed) > 0)
+        atomic_fetch_sub(&sa_os_fail_maps_after, 1); /* let this one through */
+    else if (atomic_load_explicit(&sa_os_fail_maps, memory_order_relaxed) > 0) {
         atomic_fetch_sub(&sa_os_fail_maps, 1);
         return NULL;
     }
