@@ -240,6 +240,13 @@ void sa_pagemap_set_page(uintptr_t addr, struct sa_span *s);
 size_t sa_pagemap_count_released(uintptr_t base, size_t npages);
 void sa_pagemap_mark_released(uintptr_t base, size_t npages, bool released);
 size_t sa_pagemap_first_unreleased(uintptr_t base, size_t npages); /* npages if none */
+/* Known-zero pages (heap lock): fresh memory from the kernel is released and
+ * zero; a release marks pages released, and zero only where the kernel
+ * guarantees it (sa_os_release_zeroes, whole OS pages).  Marking pages
+ * unreleased (taken into use) clears both. */
+void sa_pagemap_note_fresh(uintptr_t base, size_t npages);
+void sa_pagemap_note_released(uintptr_t base, size_t npages);
+bool sa_pagemap_all_zero(uintptr_t base, size_t npages);
 uint64_t sa_pagemap_sys_bytes(void);
 
 /* ---- Free-block encoding (safe linking and the double-free mark).
@@ -444,6 +451,9 @@ bool sa_os_release(void *addr, size_t bytes);
 void sa_os_random(void *buf, size_t len);
 uint64_t sa_os_now_ns(void);
 size_t sa_os_page_size(void);
+bool sa_os_release_zeroes(void); /* released whole OS pages read back zero */
+/* Test hook (internal): pretend the OS page is this big (0: sysconf). */
+SA_HIDDEN extern size_t sa_os_page_size_override;
 /* Background threads: register at start; exit when no other thread runs. */
 void sa_os_register_background_thread(void);
 void sa_os_unregister_background_thread(void);

@@ -330,7 +330,7 @@ static bool grow(size_t npages)
     s->npages = (uint32_t)(chunk >> SA_PAGE_SHIFT);
     s->state = SA_SPAN_FREE;
     s->released_pages = s->npages; /* untouched memory is not resident */
-    sa_pagemap_mark_released(s->base, s->npages, true);
+    sa_pagemap_note_fresh(s->base, s->npages);
     counters.sys_bytes += chunk;
     counters.released_pages += s->npages;
     coalesce_and_insert(s);
@@ -377,12 +377,14 @@ static void take_released(struct sa_span *s)
         sa_report("heap accounting: released_pages disagrees with the bitmap",
                   (void *)s->base, s);
 #endif
+    /* Zero only where the kernel guarantees it (see sa_pagemap_note_released). */
+    bool zero = released == s->npages && sa_pagemap_all_zero(s->base, s->npages);
     if (released) {
         sa_pagemap_mark_released(s->base, s->npages, false);
         counters.released_pages -= released;
         counters.reacquired_total += (uint64_t)released << SA_PAGE_SHIFT;
     }
-    s->needzero = released < s->npages;
+    s->needzero = !zero;
     s->released_pages = 0;
 }
 
@@ -759,7 +761,7 @@ uint64_t sa_mheap_scavenge(uint64_t cutoff_ns, uint64_t max_bytes)
         if (ok) {
             uint32_t newly = s->npages -
                              (uint32_t)sa_pagemap_count_released(s->base, s->npages);
-            sa_pagemap_mark_released(s->base, s->npages, true);
+            sa_pagemap_note_released(s->base, s->npages);
             counters.released_pages += newly;
             counters.released_total += (uint64_t)newly << SA_PAGE_SHIFT;
             s->released_pages = s->npages;

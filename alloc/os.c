@@ -103,8 +103,9 @@ void sa_os_unmap(void *addr, size_t bytes)
 }
 
 /* Return the physical pages of [addr, addr+bytes) to the OS.  Only whole OS
- * pages are released; callers pass 8 KiB-aligned ranges, which are whole OS
- * pages wherever the OS page is <= 8 KiB. */
+ * pages are released: with 16 or 64 KiB OS pages an 8 KiB-aligned range
+ * keeps its partial OS pages at both ends (their data stays: the page map's
+ * known-zero bitmap leaves them out, see sa_pagemap_note_released). */
 bool sa_os_release(void *addr, size_t bytes)
 {
     size_t os_page = sa_os_page_size();
@@ -114,6 +115,14 @@ bool sa_os_release(void *addr, size_t bytes)
         return true;
     int advice = sa_options.madvise_free ? MADV_FREE : MADV_DONTNEED;
     return madvise((void *)start, end - start, advice) == 0;
+}
+
+/* Do released pages read back as zero?  MADV_DONTNEED on private anonymous
+ * memory: yes, for every whole OS page of the range.  MADV_FREE: no, the
+ * kernel may leave the old contents until it is short of memory. */
+bool sa_os_release_zeroes(void)
+{
+    return !sa_options.madvise_free;
 }
 
 void sa_os_random(void *buf, size_t len)
@@ -239,9 +248,13 @@ bool sa_os_user_threads_alive(void)
     return alive;
 }
 
+size_t sa_os_page_size_override;
+
 size_t sa_os_page_size(void)
 {
     static size_t cached;
+    if (SA_UNLIKELY(sa_os_page_size_override != 0))
+        return sa_os_page_size_override;
     if (cached == 0) {
         long p = sysconf(_SC_PAGESIZE);
         cached = p > 0 ? (size_t)p : 4096;

@@ -12,7 +12,8 @@
  * internal.h) keeps free()'s inline path to the one array.
  *
  * Each leaf also keeps its arena's released-page bitmap, the exact record of
- * which idle pages have been given back to the OS (or never touched).
+ * which idle pages have been given back to the OS (or never touched), and
+ * its known-zero bitmap, the pages calloc may trust to read as zero.
  */
 #include "internal.h"
 
@@ -195,22 +196,77 @@ size_t sa_pagemap_count_released(uintptr_t base, size_t npages)
     return total;
 }
 
-void sa_pagemap_mark_released(uintptr_t base, size_t npages, bool released)
+enum bit_op { BITS_SET_RELEASED, BITS_SET_ZERO, BITS_CLEAR_BOTH };
+
+static void update_bits(uintptr_t base, size_t npages, enum bit_op op)
 {
     while (npages > 0) {
         struct sa_arena_leaf *leaf;
         size_t first, count = leaf_run(base, npages, &leaf, &first);
         for (size_t i = first, end = first + count; i < end;) {
             size_t bit = i & 63, n = (64 - bit) < (end - i) ? 64 - bit : end - i;
-            if (released)
-                leaf->released[i >> 6] |= run_mask(bit, n);
-            else
-                leaf->released[i >> 6] &= ~run_mask(bit, n);
+            uint64_t mask = run_mask(bit, n);
+            if (op == BITS_SET_RELEASED) {
+                leaf->released[i >> 6] |= mask;
+            } else if (op == BITS_SET_ZERO) {
+                leaf->zero[i >> 6] |= mask;
+            } else {
+                leaf->released[i >> 6] &= ~mask;
+                leaf->zero[i >> 6] &= ~mask;
+            }
             i += n;
         }
         base += count << SA_PAGE_SHIFT;
         npages -= count;
     }
+}
+
+void sa_pagemap_mark_released(uintptr_t base, size_t npages, bool released)
+{
+    update_bits(base, npages, released ? BITS_SET_RELEASED : BITS_CLEAR_BOTH);
+}
+
+void sa_pagemap_note_fresh(uintptr_t base, size_t npages)
+{
+    update_bits(base, npages, BITS_SET_RELEASED);
+    update_bits(base, npages, BITS_SET_ZERO);
+}
+
+/* [base, +npages) was just released (sa_os_release).  Zero only the pages
+ * that lie in whole OS pages of the range, and only if the advice zeroes:
+ * with 16/64 KiB OS pages the partial OS pages at the ends kept their data,
+ * and MADV_FREE keeps it until the kernel needs the memory. */
+void sa_pagemap_note_released(uintptr_t base, size_t npages)
+{
+    update_bits(base, npages, BITS_SET_RELEASED);
+    if (!sa_os_release_zeroes())
+        return;
+    size_t os_page = sa_os_page_size();
+    uintptr_t end = base + (npages << SA_PAGE_SHIFT);
+    uintptr_t zstart = (base + os_page - 1) & ~(uintptr_t)(os_page - 1);
+    uintptr_t zend = end & ~(uintptr_t)(os_page - 1);
+    if (os_page <= SA_PAGE_SIZE)
+        zstart = base, zend = end; /* every 8 KiB page is whole OS pages */
+    if (zend > zstart)
+        update_bits(zstart, (zend - zstart) >> SA_PAGE_SHIFT, BITS_SET_ZERO);
+}
+
+bool sa_pagemap_all_zero(uintptr_t base, size_t npages)
+{
+    while (npages > 0) {
+        struct sa_arena_leaf *leaf;
+        size_t first, count = leaf_run(base, npages, &leaf, &first);
+        for (size_t i = first, end = first + count; i < end;) {
+            size_t bit = i & 63, n = (64 - bit) < (end - i) ? 64 - bit : end - i;
+            uint64_t mask = run_mask(bit, n);
+            if ((leaf->zero[i >> 6] & mask) != mask)
+                return false;
+            i += n;
+        }
+        base += count << SA_PAGE_SHIFT;
+        npages -= count;
+    }
+    return true;
 }
 
 size_t sa_pagemap_first_unreleased(uintptr_t base, size_t npages)

@@ -188,6 +188,90 @@ static void huge_requests_fail_at_once(void **state)
     spanalloc_free(big);
 }
 
+/* ---- calloc trusts "known zero" only where the kernel guarantees it */
+
+/* Fill n blocks of `size` with 0xAA, free them, release everything, then
+ * calloc n blocks again: every byte must read zero, and at least one new
+ * block must lie where the old data was (or the test proves nothing). */
+static void calloc_after_release_reads_zero(size_t size, int n)
+{
+    enum { MAX = 64 };
+    assert_true(n <= MAX);
+    char *old[MAX];
+    uintptr_t lo = UINTPTR_MAX, hi = 0;
+    for (int i = 0; i < n; i++) {
+        old[i] = spanalloc_malloc(size);
+        assert_non_null(old[i]);
+        memset(old[i], 0xAA, size);
+        lo = (uintptr_t)old[i] < lo ? (uintptr_t)old[i] : lo;
+        hi = (uintptr_t)old[i] + size > hi ? (uintptr_t)old[i] + size : hi;
+    }
+    for (int i = 0; i < n; i++)
+        spanalloc_free(old[i]);
+    free_os_memory();
+    /* Take blocks until one lands on the old data: the heap reuses free
+     * memory before it grows, so that happens within heap_sys / size. */
+    size_t limit = stats_now().heap_sys / size + 1, taken = 0;
+    char **fresh = malloc(limit * sizeof(*fresh));
+    assert_non_null(fresh);
+    bool overlaps = false;
+    while (!overlaps && taken < limit) {
+        char *q = spanalloc_calloc(1, size);
+        assert_non_null(q);
+        fresh[taken++] = q;
+        overlaps = (uintptr_t)q < hi && (uintptr_t)q + size > lo;
+        size_t bad = 0;
+        for (size_t b = 0; b < size; b++)
+            bad += q[b] != 0;
+        assert_int_equal(bad, 0);
+    }
+    assert_true(overlaps);
+    for (size_t i = 0; i < taken; i++)
+        spanalloc_free(fresh[i]);
+    free(fresh);
+}
+
+/* MADV_FREE leaves the old contents until the kernel needs the memory. */
+static void calloc_after_madv_free_release(void **state)
+{
+    (void)state;
+    sa_options.madvise_free = true;
+    calloc_after_release_reads_zero(1 << 20, 32);
+    calloc_after_release_reads_zero((1 << 20) + 3 * 8192, 16);
+    sa_options.madvise_free = false;
+}
+
+/* With OS pages bigger than spanalloc's 8 KiB pages, a release leaves the
+ * partial OS pages at both ends of a range resident, old data and all. */
+static void calloc_with_large_os_pages(void **state)
+{
+    (void)state;
+    const size_t pages[] = {16384, 65536};
+    for (int i = 0; i < 2; i++) {
+        sa_os_page_size_override = pages[i];
+        calloc_after_release_reads_zero((1 << 20) + 8192, 32);
+        calloc_after_release_reads_zero(5 * 8192, 64);
+        calloc_after_release_reads_zero(100 << 10, 64);
+        sa_os_page_size_override = 0;
+    }
+}
+
+/* The DONTNEED default still trusts fresh and released memory: no memset
+ * needed (needzero is clear), which is what keeps calloc of big blocks cheap. */
+static void calloc_trusts_dontneed_release(void **state)
+{
+    (void)state;
+    char *p = spanalloc_malloc(8 << 20);
+    assert_non_null(p);
+    memset(p, 0xAA, 8 << 20);
+    spanalloc_free(p);
+    free_os_memory();
+    char *q = spanalloc_malloc(8 << 20);
+    assert_non_null(q);
+    assert_int_equal(sa_pagemap_lookup((uintptr_t)q)->needzero, 0);
+    spanalloc_free(q);
+}
+
 int main(int argc, char **argv)
 {
     if (argc > 1 && strcmp(argv[1], "--secure-child") == 0)
@@ -195,6 +279,9 @@ int main(int argc, char **argv)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(secure_exec_ignores_the_environment),
         cmocka_unit_test(huge_requests_fail_at_once),
+        cmocka_unit_test(calloc_trusts_dontneed_release),
+        cmocka_unit_test(calloc_after_madv_free_release),
+        cmocka_unit_test(calloc_with_large_os_pages),
     };
     return cmocka_run_group_tests_name("reliability", tests, NULL, NULL);
 }
