@@ -229,14 +229,34 @@ static void print_stats_at_exit(void)
     stats_fd = -1;
 }
 
+/* sa_init_state: 0 none, 2 done, or -pid while the process `pid` runs it.
+ * A fork while another thread initialises leaves the child with that state
+ * and without that thread: the child sees a pid not its own and starts over
+ * (nothing is allocated before the state is 2, so there is nothing to lose). */
+void (*sa_init_pause_hook)(void);
+
+static bool claim_init(void)
+{
+    int me = -(int)getpid();
+    for (;;) {
+        int state = atomic_load_explicit(&sa_init_state, memory_order_acquire);
+        if (state == 2)
+            return false;
+        if (state == 0 || (state < 0 && state != me)) {
+            if (atomic_compare_exchange_strong(&sa_init_state, &state, me))
+                return true;
+            continue;
+        }
+        sched_yield(); /* another thread is initialising; it takes no lock */
+    }
+}
+
 void sa_init_slow(void)
 {
-    int expected = 0;
-    if (!atomic_compare_exchange_strong(&sa_init_state, &expected, 1)) {
-        while (atomic_load_explicit(&sa_init_state, memory_order_acquire) != 2)
-            sched_yield(); /* another thread is initialising; it takes no lock */
+    if (!claim_init())
         return;
-    }
+    if (sa_init_pause_hook != NULL)
+        sa_init_pause_hook();
     read_options();
     sa_on_valgrind = SA_ON_VALGRIND();
     uintptr_t keys[2];

@@ -483,7 +483,9 @@ extern struct sa_options sa_options;
  * and nothing writes files or prints on an option's say-so. */
 extern bool sa_secure_exec;
 extern bool sa_on_valgrind; /* set at init: caches off, client requests on */
-extern _Atomic int sa_init_state; /* 0 none, 1 running, 2 done */
+extern _Atomic int sa_init_state; /* 0 none, -pid running, 2 done */
+/* Test hook (internal): called by the thread that initialises, first. */
+SA_HIDDEN extern void (*sa_init_pause_hook)(void);
 void sa_init_slow(void);
 static inline void sa_ensure_init(void)
 {
