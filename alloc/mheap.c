@@ -47,9 +47,46 @@ void sa_mheap_unlock(void)
     pthread_mutex_unlock(&heap_lock);
 }
 
+/* ---- Spans out for release
+ *
+ * The scavenger releases a detached span without the heap lock.  While it
+ * is out (state SCAVENGING) it is also on this list, linked through its age
+ * links (it is on no age list then), so that a fork in that window does not
+ * lose it: the child, where the releasing thread does not exist, puts it
+ * back into the free lists.  Heap lock. */
+static struct sa_span *scavenging;
+
+static void scavenging_add(struct sa_span *s)
+{
+    s->age_prev = NULL;
+    s->age_next = scavenging;
+    if (scavenging != NULL)
+        scavenging->age_prev = s;
+    scavenging = s;
+}
+
+static void scavenging_remove(struct sa_span *s)
+{
+    if (s->age_prev != NULL)
+        s->age_prev->age_next = s->age_next;
+    else
+        scavenging = s->age_next;
+    if (s->age_next != NULL)
+        s->age_next->age_prev = s->age_prev;
+    s->age_next = s->age_prev = NULL;
+}
+
+static void coalesce_and_insert(struct sa_span *s);
+
 void sa_mheap_fork_child(void)
 {
     pthread_mutex_init(&heap_lock, NULL);
+    while (scavenging != NULL) { /* the bitmap still says what was released */
+        struct sa_span *s = scavenging;
+        scavenging_remove(s);
+        s->state = SA_SPAN_FREE;
+        coalesce_and_insert(s);
+    }
 }
 
 static uintptr_t span_end(const struct sa_span *s)
@@ -738,6 +775,7 @@ static struct sa_span *detach_scavenge_chunk(uint64_t cutoff_ns)
     size_t take = s->npages < SA_SCAVENGE_CHUNK ? s->npages : SA_SCAVENGE_CHUNK;
     (void)split_free_tail(s, take); /* without a record: the whole span */
     s->state = SA_SPAN_SCAVENGING;
+    scavenging_add(s);
     return s;
 }
 
@@ -769,6 +807,7 @@ uint64_t sa_mheap_scavenge(uint64_t cutoff_ns, uint64_t max_bytes)
         } else {
             counters.madvise_failures++;
         }
+        scavenging_remove(s);
         s->state = SA_SPAN_FREE;
         coalesce_and_insert(s);
         pthread_mutex_unlock(&heap_lock);

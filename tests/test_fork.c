@@ -9,6 +9,8 @@
  * 2. A block allocated before fork can be freed in the child and, separately,
  *    in the parent.
  * 3. Fork from a thread other than the main one.
+ * 4. Fork, 300 times, while another thread keeps releasing a large idle
+ *    heap: nothing it had detached is lost to the child.
  *
  * The child never returns into cmocka: it checks with its own macro and
  * reports through its exit status.  The parent waits with a 30 s alarm as a
@@ -570,6 +572,65 @@ static void fork_from_a_secondary_thread(void **state)
     assert_int_equal(end.heap_objects, base.heap_objects);
 }
 
+/* ---- Fork while another thread releases memory (issue 14).
+ * The releasing thread detaches idle spans and releases them without the
+ * heap lock; a fork in that window must not lose them: in every child,
+ * after free_os_memory(), every idle byte is released (heap_idle ==
+ * heap_released) and the invariants hold. */
+static atomic_bool release_stop;
+
+static void *release_loop(void *arg)
+{
+    (void)arg;
+    const size_t len = 48u << 20;
+    while (!atomic_load(&release_stop)) {
+        char *p = spanalloc_malloc(len);
+        if (p == NULL)
+            break;
+        for (size_t i = 0; i < len; i += 4096) /* make every page resident */
+            p[i] = 1;
+        spanalloc_free(p);
+        free_os_memory();
+    }
+    return NULL;
+}
+
+static void fork_while_another_thread_releases(void **state)
+{
+    (void)state;
+    SKIP_UNDER_MEMCHECK();
+    atomic_store(&release_stop, false);
+    sigset_t alrm, old;
+    sigemptyset(&alrm);
+    sigaddset(&alrm, SIGALRM);
+    pthread_sigmask(SIG_BLOCK, &alrm, &old);
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, release_loop, NULL), 0);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    int failures = 0, forks = 300;
+    for (int i = 0; i < forks; i++) {
+        pid_t pid = fork_plain();
+        assert_true(pid >= 0);
+        if (pid == 0) {
+            free_os_memory();
+            struct mem_stats st;
+            read_mem_stats(&st);
+            child_check_invariants(&st);
+            CHILD_CHECK_EQ(st.heap_idle, st.heap_released);
+            _exit(0);
+        }
+        int status = wait_child(pid);
+        failures += !(status != -1 && WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    }
+    atomic_store(&release_stop, true);
+    assert_int_equal(pthread_join(t, NULL), 0);
+    assert_int_equal(failures, 0);
+    free_os_memory();
+    struct mem_stats end = stats_now();
+    assert_stats_invariants(&end);
+    assert_int_equal(end.heap_idle, end.heap_released);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -577,6 +638,7 @@ int main(void)
         cmocka_unit_test(many_quick_forks_while_threads_allocate),
         cmocka_unit_test(block_from_before_fork_is_freed_on_both_sides),
         cmocka_unit_test(fork_from_a_secondary_thread),
+        cmocka_unit_test(fork_while_another_thread_releases),
     };
     return cmocka_run_group_tests_name("fork", tests, NULL, NULL);
 }
