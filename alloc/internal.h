@@ -398,6 +398,10 @@ void sa_mcentral_release(unsigned cls, void *head);
 void sa_mcentral_release_batch(unsigned cls, void *head, uint32_t count);
 void sa_mcentral_drain_transfer(void); /* every kept batch back to its spans */
 void sa_mcentral_fork_prepare(void);
+/* Test hooks (internal): fork_prepare waits for a chain of empty spans;
+ * called between the class lock and the heap when carrying one. */
+SA_HIDDEN extern _Atomic int sa_mcentral_fork_waiting;
+SA_HIDDEN extern void (*sa_mcentral_chain_hook)(void);
 void sa_mcentral_fork_parent(void);
 void sa_mcentral_fork_child(void);
 uint64_t sa_mcentral_sys_bytes(void);

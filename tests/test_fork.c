@@ -25,10 +25,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sched.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include "test_helpers.h"
+#include "internal.h"
 
 #if __has_include(<valgrind/valgrind.h>)
 #include <valgrind/valgrind.h>
@@ -631,6 +633,83 @@ static void fork_while_another_thread_releases(void **state)
     assert_int_equal(end.heap_idle, end.heap_released);
 }
 
+/* ---- Fork while a thread carries empty spans from a class to the heap.
+ * sa_mcentral_release drops the class lock before it hands the spans that
+ * became empty to the heap; a fork in between must wait for the carrier
+ * (the child has no carrier).  The carrier is held in that window by a test
+ * hook until fork_prepare says it is waiting (or, on a build without the
+ * wait, until fork returned). */
+static int carry_pipe[2];
+static atomic_bool carrier_paused, fork_returned;
+
+static void pause_carrier(void)
+{
+    atomic_store(&carrier_paused, true);
+    char c;
+    ssize_t got = read(carry_pipe[0], &c, 1);
+    (void)got;
+}
+
+static void *carrier(void *arg)
+{
+    void *block = arg;
+    sa_mcentral_release(sa_size_class(32768), block); /* its span becomes empty */
+    return NULL;
+}
+
+static void *releaser(void *arg)
+{
+    (void)arg;
+    while (!atomic_load(&sa_mcentral_fork_waiting) && !atomic_load(&fork_returned))
+        sched_yield();
+    ssize_t put = write(carry_pipe[1], "x", 1);
+    (void)put;
+    return NULL;
+}
+
+static void fork_while_empty_spans_are_carried(void **state)
+{
+    (void)state;
+    unsigned cls = sa_size_class(32768);
+    void *block;
+    assert_int_equal(sa_mcentral_fill(cls, 1, &block), 1);
+    struct sa_span *s = sa_pagemap_lookup((uintptr_t)block);
+    assert_non_null(s);
+    assert_int_equal(s->nelems, 1); /* one object: releasing it empties the span */
+    uintptr_t base = s->base;
+    assert_int_equal(pipe(carry_pipe), 0);
+    atomic_store(&carrier_paused, false);
+    atomic_store(&fork_returned, false);
+    sa_mcentral_chain_hook = pause_carrier;
+    sigset_t alrm, old;
+    sigemptyset(&alrm);
+    sigaddset(&alrm, SIGALRM);
+    pthread_sigmask(SIG_BLOCK, &alrm, &old);
+    pthread_t c, r;
+    assert_int_equal(pthread_create(&c, NULL, carrier, block), 0);
+    while (!atomic_load(&carrier_paused))
+        sched_yield();
+    assert_int_equal(pthread_create(&r, NULL, releaser, NULL), 0);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    pid_t pid = fork_plain();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        /* The span went back to the heap before the fork: no page of it
+         * maps to a span still in use. */
+        struct sa_span *now = sa_pagemap_lookup(base);
+        CHILD_CHECK(now == NULL || now->state == SA_SPAN_FREE);
+        _exit(0);
+    }
+    atomic_store(&fork_returned, true);
+    int status = wait_child(pid);
+    assert_int_equal(pthread_join(c, NULL), 0);
+    assert_int_equal(pthread_join(r, NULL), 0);
+    sa_mcentral_chain_hook = NULL;
+    close(carry_pipe[0]);
+    close(carry_pipe[1]);
+    assert_child_succeeded(status);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -639,6 +718,7 @@ int main(void)
         cmocka_unit_test(block_from_before_fork_is_freed_on_both_sides),
         cmocka_unit_test(fork_from_a_secondary_thread),
         cmocka_unit_test(fork_while_another_thread_releases),
+        cmocka_unit_test(fork_while_empty_spans_are_carried),
     };
     return cmocka_run_group_tests_name("fork", tests, NULL, NULL);
 }

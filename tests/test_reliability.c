@@ -334,6 +334,94 @@ static void calloc_trusts_dontneed_release(void **state)
     spanalloc_free(q);
 }
 
+/* ---- Corruption found under an mcentral lock */
+
+/* Run fn in a child with the default crash actions and a 20 s alarm;
+ * returns its wait status. */
+static int in_child(void (*fn)(void))
+{
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        signal(SIGABRT, SIG_DFL);
+        signal(SIGSEGV, SIG_DFL);
+        int devnull = open("/dev/null", O_WRONLY);
+        dup2(devnull, STDERR_FILENO); /* the report is expected */
+        alarm(20);
+        fn();
+        _exit(0);
+    }
+    int status;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    return status;
+}
+
+static void assert_aborted(int status)
+{
+    assert_true(WIFSIGNALED(status));
+    assert_int_equal(WTERMSIG(status), SIGABRT); /* not SIGALRM: no deadlock */
+}
+
+/* A batch parked in a transfer slot whose head is written after free: the
+ * refill that takes it reports instead of following the forged link. */
+static void parked_batch_written(void)
+{
+    unsigned cls = sa_size_class(256);
+    void *head;
+    uint32_t got = sa_mcentral_fill(cls, 8, &head);
+    if (got != 8)
+        _exit(5);
+    sa_mcentral_release_batch(cls, head, got);
+    ((uintptr_t *)head)[0] ^= 0x40; /* the link word, as a dangling write would */
+    void *again;
+    sa_mcentral_fill(cls, 8, &again);
+    _exit(0); /* followed the corrupted batch: the bug */
+}
+
+static void refill_checks_the_parked_batch_seal(void **state)
+{
+    (void)state;
+    assert_aborted(in_child(parked_batch_written));
+}
+
+/* A SIGABRT handler that allocates from the class whose lock the report was
+ * found under must not deadlock: it dies of a second report. */
+static unsigned handler_cls;
+
+static void allocating_abort_handler(int sig)
+{
+    (void)sig;
+    void *x;
+    sa_mcentral_fill(handler_cls, 1, &x);
+    _exit(42);
+}
+
+static void corrupted_span_freelist(void)
+{
+    handler_cls = sa_size_class(512);
+    void *b[4];
+    for (int i = 0; i < 4; i++)
+        if (sa_mcentral_fill(handler_cls, 1, &b[i]) != 1)
+            _exit(5);
+    for (int i = 0; i < 3; i++) /* back into their span; b[3] keeps it in use */
+        sa_mcentral_release(handler_cls, b[i]);
+    ((uintptr_t *)b[2])[1] ^= 1; /* the freelist head's mark */
+    struct sigaction sa;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = allocating_abort_handler;
+    sa.sa_flags = SA_RESETHAND; /* the handler's own abort then kills */
+    sigaction(SIGABRT, &sa, NULL);
+    void *x;
+    sa_mcentral_fill(handler_cls, 1, &x);
+    _exit(0);
+}
+
+static void report_drops_the_class_lock(void **state)
+{
+    (void)state;
+    assert_aborted(in_child(corrupted_span_freelist));
+}
+
 int main(int argc, char **argv)
 {
     if (argc > 1 && strcmp(argv[1], "--secure-child") == 0)
@@ -345,6 +433,8 @@ int main(int argc, char **argv)
         cmocka_unit_test(calloc_trusts_dontneed_release),
         cmocka_unit_test(calloc_after_madv_free_release),
         cmocka_unit_test(calloc_with_large_os_pages),
+        cmocka_unit_test(refill_checks_the_parked_batch_seal),
+        cmocka_unit_test(report_drops_the_class_lock),
     };
     return cmocka_run_group_tests_name("reliability", tests, NULL, NULL);
 }
