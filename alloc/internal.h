@@ -389,6 +389,8 @@ void sa_mcache_fork_prepare(void);
 void sa_mcache_fork_parent(void);
 void sa_mcache_fork_child(void);
 void sa_mcache_thread_init(void);
+/* Test hook (internal): replaces pthread_setspecific when set. */
+SA_HIDDEN extern int (*sa_setspecific_hook)(pthread_key_t, const void *);
 
 /* ---- mcentral (alloc/mcentral.c): per size class, one lock each. */
 uint32_t sa_mcentral_fill(unsigned cls, uint32_t want, void **head);

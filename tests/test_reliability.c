@@ -422,6 +422,42 @@ static void report_drops_the_class_lock(void **state)
     assert_aborted(in_child(corrupted_span_freelist));
 }
 
+/* ---- pthread_setspecific failing: the thread goes without a cache rather
+ * than keep one that its exit would never flush. */
+static int failing_setspecific(pthread_key_t key, const void *value)
+{
+    (void)key;
+    (void)value;
+    return ENOMEM;
+}
+
+static void *churn_and_exit(void *arg)
+{
+    (void)arg;
+    void *blocks[200];
+    for (int i = 0; i < 200; i++)
+        blocks[i] = spanalloc_malloc(48);
+    for (int i = 0; i < 200; i++)
+        spanalloc_free(blocks[i]);
+    return NULL;
+}
+
+static void setspecific_failure_leaves_no_cache_behind(void **state)
+{
+    (void)state;
+    struct mem_stats before = stats_now();
+    sa_setspecific_hook = failing_setspecific;
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, churn_and_exit, NULL), 0);
+    assert_int_equal(pthread_join(t, NULL), 0);
+    sa_setspecific_hook = NULL;
+    struct mem_stats after = stats_now();
+    assert_int_equal(after.mcache_inuse, before.mcache_inuse);
+    assert_int_equal(after.heap_objects, before.heap_objects);
+    assert_int_equal(after.heap_alloc, before.heap_alloc);
+    assert_stats_invariants(&after);
+}
+
 int main(int argc, char **argv)
 {
     if (argc > 1 && strcmp(argv[1], "--secure-child") == 0)
@@ -435,6 +471,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(calloc_with_large_os_pages),
         cmocka_unit_test(refill_checks_the_parked_batch_seal),
         cmocka_unit_test(report_drops_the_class_lock),
+        cmocka_unit_test(setspecific_failure_leaves_no_cache_behind),
     };
     return cmocka_run_group_tests_name("reliability", tests, NULL, NULL);
 }
