@@ -129,6 +129,9 @@ void sa_span_list_remove(struct sa_span_list *list, struct sa_span *s);
 /* Span records come from a fixed-size allocator under the heap lock. */
 struct sa_span *sa_span_record_new(void);
 void sa_span_record_free(struct sa_span *s);
+/* Test hooks (internal, heap lock): fail that many record allocations after
+ * letting sa_span_records_fail_after through. */
+SA_HIDDEN extern int sa_span_records_fail, sa_span_records_fail_after;
 
 /* ---- Page map (alloc/pagemap.c): address -> span, O(1), lock-free reads.
  *

@@ -446,9 +446,8 @@ static struct sa_span *alloc_locked(size_t npages, size_t align_pages, bool *gre
     } else {
         carved = carve(s, npages);
     }
-    if (!carved) {
-        map_free_span(s);
-        free_lists_insert(s);
+    if (!carved) { /* no record left: back whole, merged with a lead trimmed off */
+        coalesce_and_insert(s);
         return NULL;
     }
     take_released(s);
