@@ -158,23 +158,29 @@ static __thread bool carrying_chain; /* fork from a signal handler in it */
 _Atomic int sa_mcentral_fork_waiting;  /* test hook: prepare is waiting */
 void (*sa_mcentral_chain_hook)(void); /* test hook: between the two holds */
 
-/* Release a list of free blocks (as the caches hold them) to their spans.
- * Empty spans go back to the mheap after the class lock is dropped. */
-void sa_mcentral_release(unsigned cls, void *head)
+/* Put a list of free blocks (as the caches hold them) back into their
+ * spans, class lock held; returns the spans that became empty, chained
+ * through their list link (they are on no list). */
+static struct sa_span *release_locked(struct mcentral *c, void *head)
 {
-    struct mcentral *c = &centrals[cls];
     struct sa_span *empty = NULL;
-    pthread_mutex_lock(&c->lock);
     while (head != NULL) {
         void *obj = head;
         SA_VG_OPEN_LINKS(obj);
         head = sa_decode_link(((uintptr_t *)obj)[0]);
         struct sa_span *s = span_put(c, obj);
         if (s != NULL) {
-            s->next = empty; /* chain through the list link; it is on no list */
+            s->next = empty;
             empty = s;
         }
     }
+    return empty;
+}
+
+/* Drop the class lock and hand the empty spans to the heap, counted as a
+ * chain in flight (see chains_out) while they are in neither. */
+static void unlock_and_carry(struct mcentral *c, struct sa_span *empty)
+{
     if (empty == NULL) {
         pthread_mutex_unlock(&c->lock);
         return;
@@ -194,6 +200,17 @@ void sa_mcentral_release(unsigned cls, void *head)
     atomic_fetch_sub_explicit(&chains_out, 1, memory_order_release);
 }
 
+/* Release a list of free blocks to their spans.  Empty spans go back to the
+ * mheap after the class lock is dropped. */
+void sa_mcentral_release(unsigned cls, void *head)
+{
+    struct mcentral *c = &centrals[cls];
+    pthread_mutex_lock(&c->lock);
+    unlock_and_carry(c, release_locked(c, head));
+}
+
+/* A batch is parked or put back in the same lock hold: it is never in the
+ * caller's hands alone, where a fork would lose it. */
 void sa_mcentral_release_batch(unsigned cls, void *head, uint32_t count)
 {
     struct mcentral *c = &centrals[cls];
@@ -203,21 +220,22 @@ void sa_mcentral_release_batch(unsigned cls, void *head, uint32_t count)
         pthread_mutex_unlock(&c->lock);
         return;
     }
-    pthread_mutex_unlock(&c->lock);
-    sa_mcentral_release(cls, head);
+    unlock_and_carry(c, release_locked(c, head));
 }
 
+/* Each parked batch goes back into its spans in the hold that unparks it. */
 void sa_mcentral_drain_transfer(void)
 {
     for (unsigned cls = 1; cls < SA_NUM_CLASSES; cls++) {
         struct mcentral *c = &centrals[cls];
         for (;;) {
             pthread_mutex_lock(&c->lock);
-            void *head = c->nbatches > 0 ? c->batches[--c->nbatches].head : NULL;
-            pthread_mutex_unlock(&c->lock);
-            if (head == NULL)
+            if (c->nbatches == 0) {
+                pthread_mutex_unlock(&c->lock);
                 break;
-            sa_mcentral_release(cls, head);
+            }
+            void *head = c->batches[--c->nbatches].head;
+            unlock_and_carry(c, release_locked(c, head));
         }
     }
 }

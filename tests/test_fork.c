@@ -710,6 +710,69 @@ static void fork_while_empty_spans_are_carried(void **state)
     assert_child_succeeded(status);
 }
 
+/* ---- Fork while parked batches are drained back into their spans.
+ * A thread loops: take a batch (fill), park it in a transfer slot, drain the
+ * slots.  It records in `holding` whether it has a batch in its own hands
+ * (from before fill until the batch is parked); at any other moment every
+ * block is in a span or parked, so in a child forked then, after
+ * free_os_memory(), the batch's span must be back in the heap. */
+static atomic_bool drain_stop, holding;
+static void *_Atomic probe_block;
+
+static void *park_and_drain(void *arg)
+{
+    (void)arg;
+    unsigned cls = sa_size_class(20480);
+    while (!atomic_load(&drain_stop)) {
+        atomic_store(&holding, true);
+        void *head;
+        uint32_t got = sa_mcentral_fill(cls, 8, &head);
+        if (got == 0)
+            break;
+        atomic_store(&probe_block, head);
+        sa_mcentral_release_batch(cls, head, got);
+        atomic_store(&holding, false);
+        sa_mcentral_drain_transfer();
+    }
+    return NULL;
+}
+
+static void fork_while_batches_are_drained(void **state)
+{
+    (void)state;
+    SKIP_UNDER_MEMCHECK();
+    free_os_memory(); /* this thread's cached blocks back in their spans */
+    atomic_store(&drain_stop, false);
+    atomic_store(&probe_block, NULL);
+    sigset_t alrm, old;
+    sigemptyset(&alrm);
+    sigaddset(&alrm, SIGALRM);
+    pthread_sigmask(SIG_BLOCK, &alrm, &old);
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, park_and_drain, NULL), 0);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    while (atomic_load(&probe_block) == NULL)
+        sched_yield();
+    int failures = 0;
+    for (int i = 0; i < 300; i++) {
+        pid_t pid = fork_plain();
+        assert_true(pid >= 0);
+        if (pid == 0) {
+            if (!atomic_load(&holding)) {
+                free_os_memory();
+                struct sa_span *s = sa_pagemap_lookup((uintptr_t)atomic_load(&probe_block));
+                CHILD_CHECK(s == NULL || s->state == SA_SPAN_FREE);
+            }
+            _exit(0);
+        }
+        int status = wait_child(pid);
+        failures += !(status != -1 && WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    }
+    atomic_store(&drain_stop, true);
+    assert_int_equal(pthread_join(t, NULL), 0);
+    assert_int_equal(failures, 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -719,6 +782,7 @@ int main(void)
         cmocka_unit_test(fork_from_a_secondary_thread),
         cmocka_unit_test(fork_while_another_thread_releases),
         cmocka_unit_test(fork_while_empty_spans_are_carried),
+        cmocka_unit_test(fork_while_batches_are_drained),
     };
     return cmocka_run_group_tests_name("fork", tests, NULL, NULL);
 }
