@@ -74,11 +74,35 @@ void *sa_os_map(size_t bytes, size_t align)
  *     overcommit_memory=1 the kernel would accept it, but no use of it could
  *     be backed and its page-map leaves alone would cost a thousandth of it,
  *     so it is refused as well;
- *   - the kernel's own rule as configured now (with overcommit_memory=2, the
- *     commit limit): an accounted mapping of that size is made and undone at
- *     once, without touching it.
+ *   - the kernel's own rule as configured now: with overcommit_memory=2 (the
+ *     commit limit; read at most once a second) an accounted mapping of that
+ *     size is made and undone at once, without touching it.
  * Smaller requests fail, if they must, in the mapping itself. */
 #define SA_OS_BACKING_CHECK ((size_t)64 << 20)
+
+/* vm.overcommit_memory (0 heuristic, 1 always, 2 never), read again at most
+ * once a second; -1 if unreadable.  Raw system calls: no stdio here. */
+static int overcommit_mode(void)
+{
+    static _Atomic int mode = -1;
+    static _Atomic uint64_t read_at_ns;
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    uint64_t now = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+    uint64_t at = atomic_load_explicit(&read_at_ns, memory_order_relaxed);
+    if (at != 0 && now - at < 1000000000u)
+        return atomic_load_explicit(&mode, memory_order_relaxed);
+    int m = -1, fd = open("/proc/sys/vm/overcommit_memory", O_RDONLY | O_CLOEXEC);
+    if (fd >= 0) {
+        char c;
+        if (read(fd, &c, 1) == 1 && c >= '0' && c <= '2')
+            m = c - '0';
+        close(fd);
+    }
+    atomic_store_explicit(&mode, m, memory_order_relaxed);
+    atomic_store_explicit(&read_at_ns, now, memory_order_relaxed);
+    return m;
+}
 
 bool sa_os_can_back(size_t bytes)
 {
@@ -90,6 +114,9 @@ bool sa_os_can_back(size_t bytes)
         if (!__builtin_mul_overflow(units, (uint64_t)si.mem_unit, &total) && bytes > total)
             return false;
     }
+    int mode = overcommit_mode();
+    if (mode == 0 || mode == 1)
+        return true; /* the kernel's own rule is the one just applied, or none */
     void *probe = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (probe == MAP_FAILED)
         return false;
