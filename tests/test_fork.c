@@ -9,6 +9,7 @@
  * 2. A block allocated before fork can be freed in the child and, separately,
  *    in the parent.
  * 3. Fork from a thread other than the main one.
+ * 0. Fork while another thread is inside the first-time initialisation.
  * 4. Fork, 300 times, while another thread keeps releasing a large idle
  *    heap: nothing it had detached is lost to the child.
  *
@@ -574,6 +575,66 @@ static void fork_from_a_secondary_thread(void **state)
     assert_int_equal(end.heap_objects, base.heap_objects);
 }
 
+/* ---- Fork while another thread runs the first-time initialisation (issue
+ * 14).  Runs first: nothing may have been allocated when initialisation is
+ * started over in a child (it draws new link keys). */
+
+static int pause_pipe[2];
+
+static void pause_in_init(void)
+{
+    char c;
+    ssize_t got = read(pause_pipe[0], &c, 1);
+    (void)got;
+}
+
+static void *init_thread(void *arg)
+{
+    (void)arg;
+    sa_init_slow();
+    return NULL;
+}
+
+static void fork_during_first_init(void **state)
+{
+    (void)state;
+    pid_t child = fork();
+    assert_true(child >= 0);
+    if (child == 0) {
+        /* This process starts its initialisation again, held half-way. */
+        atomic_store(&sa_init_state, 0);
+        if (pipe(pause_pipe) != 0)
+            _exit(90);
+        sa_init_pause_hook = pause_in_init;
+        pthread_t t;
+        if (pthread_create(&t, NULL, init_thread, NULL) != 0)
+            _exit(91);
+        while (atomic_load(&sa_init_state) == 0)
+            sched_yield(); /* until the thread is inside */
+        pid_t g = fork();
+        if (g == 0) {
+            alarm(20); /* a child spinning forever dies of SIGALRM */
+            sa_init_pause_hook = NULL;
+            char *p = spanalloc_malloc(100);
+            if (p == NULL || atomic_load(&sa_init_state) != 2)
+                _exit(3);
+            memset(p, 1, 100);
+            spanalloc_free(p);
+            _exit(0);
+        }
+        int st = 0;
+        waitpid(g, &st, 0);
+        ssize_t put = write(pause_pipe[1], "x", 1);
+        (void)put;
+        pthread_join(t, NULL);
+        _exit(WIFEXITED(st) ? WEXITSTATUS(st) : 100 + WTERMSIG(st));
+    }
+    int status;
+    assert_int_equal(waitpid(child, &status, 0), child);
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 0); /* 100 + SIGALRM: the child spun */
+}
+
 /* ---- Fork while another thread releases memory (issue 14).
  * The releasing thread detaches idle spans and releases them without the
  * heap lock; a fork in that window must not lose them: in every child,
@@ -776,6 +837,7 @@ static void fork_while_batches_are_drained(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(fork_during_first_init), /* first: nothing allocated yet */
         cmocka_unit_test(fork_while_threads_allocate),
         cmocka_unit_test(many_quick_forks_while_threads_allocate),
         cmocka_unit_test(block_from_before_fork_is_freed_on_both_sides),
