@@ -10,6 +10,7 @@
  */
 #include <fcntl.h>
 #include <sched.h>
+#include <sys/auxv.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -116,54 +117,74 @@ static void warn_option(const char *name, const char *value)
     }
 }
 
+/* Every SPANALLOC_* variable is read through here.  In a secure-execution
+ * process (setuid, setgid, file capabilities: AT_SECURE) the environment
+ * belongs to a less privileged user, so secure_getenv() hides it: every
+ * option keeps its default, and in particular the ones that write files
+ * (SPANALLOC_STATS_FILE) or print (SPANALLOC_STATS, SPANALLOC_TRACE, and the
+ * warning about a bad value) cannot be used to make the program write where
+ * its user could not. */
+bool sa_secure_exec;
+
+static const char *option_env(const char *name)
+{
+    return secure_getenv(name);
+}
+
 static void read_options(void)
 {
     const char *v;
-    if ((v = getenv("SPANALLOC_SCAVENGE_IDLE")) != NULL &&
+    sa_secure_exec = getauxval(AT_SECURE) != 0;
+    if ((v = option_env("SPANALLOC_SCAVENGE_IDLE")) != NULL &&
         !sa_parse_duration(v, &sa_options.scavenge_idle_ns))
         warn_option("SPANALLOC_SCAVENGE_IDLE", v);
-    if ((v = getenv("SPANALLOC_MEMORY_LIMIT")) != NULL &&
+    if ((v = option_env("SPANALLOC_MEMORY_LIMIT")) != NULL &&
         !sa_parse_bytes(v, &sa_options.memory_limit))
         warn_option("SPANALLOC_MEMORY_LIMIT", v);
-    if ((v = getenv("SPANALLOC_IDLE_LIMIT")) != NULL &&
+    if ((v = option_env("SPANALLOC_IDLE_LIMIT")) != NULL &&
         !sa_parse_percent(v, &sa_options.idle_limit_pct))
         warn_option("SPANALLOC_IDLE_LIMIT", v);
-    if ((v = getenv("SPANALLOC_IDLE_DELAY")) != NULL &&
+    if ((v = option_env("SPANALLOC_IDLE_DELAY")) != NULL &&
         !sa_parse_duration(v, &sa_options.idle_delay_ns))
         warn_option("SPANALLOC_IDLE_DELAY", v);
-    if ((v = getenv("SPANALLOC_MADVISE")) != NULL) {
+    if ((v = option_env("SPANALLOC_MADVISE")) != NULL) {
         if (strcmp(v, "free") == 0)
             sa_options.madvise_free = true;
         else if (strcmp(v, "dontneed") != 0)
             warn_option("SPANALLOC_MADVISE", v);
     }
-    if ((v = getenv("SPANALLOC_SCAVENGER")) != NULL) {
+    if ((v = option_env("SPANALLOC_SCAVENGER")) != NULL) {
         if (strcmp(v, "off") == 0 || strcmp(v, "0") == 0)
             sa_options.scavenger_enabled = false;
         else if (strcmp(v, "on") != 0 && strcmp(v, "1") != 0)
             warn_option("SPANALLOC_SCAVENGER", v);
     }
-    if ((v = getenv("SPANALLOC_TRACE")) != NULL)
+    if ((v = option_env("SPANALLOC_TRACE")) != NULL)
         sa_options.trace = strcmp(v, "0") != 0 && *v != '\0';
-    if ((v = getenv("SPANALLOC_STATS_FILE")) != NULL && *v != '\0') {
+    if ((v = option_env("SPANALLOC_STATS_FILE")) != NULL && *v != '\0') {
         if (strlen(v) < sizeof(sa_options.stats_file))
             memcpy(sa_options.stats_file, v, strlen(v) + 1);
         else
             warn_option("SPANALLOC_STATS_FILE", "(path too long)");
     }
-    if ((v = getenv("SPANALLOC_STATS_INTERVAL")) != NULL &&
+    if ((v = option_env("SPANALLOC_STATS_INTERVAL")) != NULL &&
         (!sa_parse_duration(v, &sa_options.stats_interval_ns) ||
          sa_options.stats_interval_ns == 0)) {
         sa_options.stats_interval_ns = 10 * NS_PER_S;
         warn_option("SPANALLOC_STATS_INTERVAL", v);
     }
-    if ((v = getenv("SPANALLOC_STATS")) != NULL) {
+    if ((v = option_env("SPANALLOC_STATS")) != NULL) {
         if (strcmp(v, "text") == 0 || strcmp(v, "1") == 0)
             sa_options.stats_at_exit = SPANALLOC_STATS_TEXT;
         else if (strcmp(v, "json") == 0)
             sa_options.stats_at_exit = SPANALLOC_STATS_JSON;
         else if (*v != '\0' && strcmp(v, "0") != 0)
             warn_option("SPANALLOC_STATS", v);
+    }
+    if (sa_secure_exec) { /* whatever set them: no file, no output */
+        sa_options.stats_file[0] = '\0';
+        sa_options.stats_at_exit = -1;
+        sa_options.trace = false;
     }
 }
 
@@ -208,14 +229,34 @@ static void print_stats_at_exit(void)
     stats_fd = -1;
 }
 
+/* sa_init_state: 0 none, 2 done, or -pid while the process `pid` runs it.
+ * A fork while another thread initialises leaves the child with that state
+ * and without that thread: the child sees a pid not its own and starts over
+ * (nothing is allocated before the state is 2, so there is nothing to lose). */
+void (*sa_init_pause_hook)(void);
+
+static bool claim_init(void)
+{
+    int me = -(int)getpid();
+    for (;;) {
+        int state = atomic_load_explicit(&sa_init_state, memory_order_acquire);
+        if (state == 2)
+            return false;
+        if (state == 0 || (state < 0 && state != me)) {
+            if (atomic_compare_exchange_strong(&sa_init_state, &state, me))
+                return true;
+            continue;
+        }
+        sched_yield(); /* another thread is initialising; it takes no lock */
+    }
+}
+
 void sa_init_slow(void)
 {
-    int expected = 0;
-    if (!atomic_compare_exchange_strong(&sa_init_state, &expected, 1)) {
-        while (atomic_load_explicit(&sa_init_state, memory_order_acquire) != 2)
-            sched_yield(); /* another thread is initialising; it takes no lock */
+    if (!claim_init())
         return;
-    }
+    if (sa_init_pause_hook != NULL)
+        sa_init_pause_hook();
     read_options();
     sa_on_valgrind = SA_ON_VALGRIND();
     uintptr_t keys[2];

@@ -32,7 +32,12 @@
 #define SA_PAGE_SIZE ((size_t)1 << SA_PAGE_SHIFT) /* 8 KiB */
 #define SA_MAX_SMALL ((size_t)32768)
 #define SA_MAX_MEDIUM ((size_t)262144)             /* medium classes: (32 KiB, 256 KiB] */
-#define SA_ADDR_BITS 47                           /* x86-64/arm64 user space */
+/* The page map's static root covers SA_ADDR_BITS (x86-64 with 4-level paging
+ * gives 47, arm64 48: where mmap places memory unless asked for more); the
+ * rest of the user address space up to SA_MAX_ADDR_BITS (x86-64 5-level
+ * paging: 56, arm64 LVA: 52) is reached through a small hashed table. */
+#define SA_ADDR_BITS 48
+#define SA_MAX_ADDR_BITS 56
 #define SA_ARENA_SHIFT 26                         /* page-map leaf: 64 MiB */
 #define SA_ARENA_SIZE ((size_t)1 << SA_ARENA_SHIFT)
 #define SA_PAGES_PER_ARENA ((size_t)1 << (SA_ARENA_SHIFT - SA_PAGE_SHIFT))
@@ -135,13 +140,20 @@ void sa_span_list_remove(struct sa_span_list *list, struct sa_span *s);
 /* Span records come from a fixed-size allocator under the heap lock. */
 struct sa_span *sa_span_record_new(void);
 void sa_span_record_free(struct sa_span *s);
+/* Test hooks (internal, heap lock): fail that many record allocations after
+ * letting sa_span_records_fail_after through. */
+SA_HIDDEN extern int sa_span_records_fail, sa_span_records_fail_after;
 
 /* ---- Page map (alloc/pagemap.c): address -> span, O(1), lock-free reads.
  *
- * Two levels: a root of SA_ROOT_ENTRIES leaf pointers (static, so untouched
- * entries cost no memory), each leaf covering one 64 MiB arena.  A leaf also
- * holds the arena's released-page bitmap (heap lock).  Leaves are never freed,
- * so a reader needs no lock: it sees NULL or a complete leaf.
+ * Two levels: a root of leaf pointers, each leaf covering one 64 MiB arena.
+ * The root has two parts: a static array for the arenas below 2^SA_ADDR_BITS
+ * (untouched entries cost no memory), which is all free()'s fast path reads
+ * inline, and a hashed table of SA_HIGH_SLOTS entries for the few arenas
+ * between 2^SA_ADDR_BITS and 2^SA_MAX_ADDR_BITS, reached out of line.  A
+ * leaf also holds the arena's released-page bitmap and its known-zero bitmap
+ * (heap lock).  Leaves are never freed, so a reader needs no lock: it sees 0
+ * or a complete leaf.
  *
  * Small spans map every page (free() finds an object's span from its page);
  * large and free spans map their first and last page (for coalescing) and
@@ -150,17 +162,27 @@ void sa_span_record_free(struct sa_span *s);
 struct sa_arena_leaf {
     _Atomic(struct sa_span *) spans[SA_PAGES_PER_ARENA];
     uint64_t released[SA_PAGES_PER_ARENA / 64]; /* bit per page, heap lock */
+    /* Pages whose memory reads as zero: fresh from the kernel, or released
+     * with MADV_DONTNEED over whole OS pages, and not used since (a subset
+     * of released).  calloc clears a block unless all of it is here. */
+    uint64_t zero[SA_PAGES_PER_ARENA / 64];
 };
 
 /* A root entry is 0 (no leaf yet) or its leaf's address, biased so that
  * the entry for any address of the arena is at
  *     bias - SA_LEAF_TAG + (addr >> SA_PAGE_SHIFT) * sizeof(pointer):
  * free()'s fast path finds the page's slot without masking the page index
- * into the leaf.  SA_LEAF_TAG keeps every bias odd (leaves are page aligned),
- * so that no bias is 0. */
+ * into the leaf.  SA_LEAF_TAG keeps every bias odd (leaves are 8-byte
+ * aligned), so that no bias is 0. */
 extern _Atomic uintptr_t sa_pagemap_root[SA_ROOT_ENTRIES];
 #define SA_LEAF_TAG ((uintptr_t)1)
 #define SA_SLOT_SIZE sizeof(_Atomic(struct sa_span *))
+
+/* The high part: open addressing on the arena number, at most half full
+ * (SA_HIGH_SLOTS / 2 arenas: 128 GiB of heap above 2^SA_ADDR_BITS, which
+ * mmap hands out only to programs that ask for it). */
+#define SA_HIGH_SLOTS 4096
+uintptr_t sa_pagemap_high_bias(uintptr_t addr);
 
 static inline uintptr_t sa_leaf_bias(struct sa_arena_leaf *leaf, uintptr_t arena)
 {
@@ -172,15 +194,26 @@ static inline uintptr_t sa_leaf_bias(struct sa_arena_leaf *leaf, uintptr_t arena
  * NULL test after the leaf load.  sa_pagemap_lookup() turns it into NULL. */
 extern struct sa_span sa_span_none;
 
-/* The root entry for addr, or 0: outside the 47-bit range (one compare on
- * the root index) or in an arena spanalloc never used.  A NULL pointer needs
- * no test of its own: it lands in arena 0, which has no leaf (or, had it one,
- * page 0, which no span holds). */
+/* free()'s inline lookup: the root entry for addr in the static root, or 0:
+ * in an arena spanalloc never used, or above the static root (one compare on
+ * the root index), where the out-of-line path asks sa_pagemap_bias_any.  (A
+ * call here, even a cold one, would cost the fast path a saved register.)  A
+ * NULL pointer needs no test of its own: it lands in arena 0, which has no
+ * leaf (or, had it one, page 0, which no span holds). */
 static inline uintptr_t sa_pagemap_bias(uintptr_t addr)
 {
     uintptr_t arena = addr >> SA_ARENA_SHIFT;
     if (SA_UNLIKELY(arena >= SA_ROOT_ENTRIES))
         return 0;
+    return atomic_load_explicit(&sa_pagemap_root[arena], memory_order_acquire);
+}
+
+/* The root entry for any address, the hashed part included. */
+static inline uintptr_t sa_pagemap_bias_any(uintptr_t addr)
+{
+    uintptr_t arena = addr >> SA_ARENA_SHIFT;
+    if (SA_UNLIKELY(arena >= SA_ROOT_ENTRIES))
+        return sa_pagemap_high_bias(addr);
     return atomic_load_explicit(&sa_pagemap_root[arena], memory_order_acquire);
 }
 
@@ -196,7 +229,7 @@ static inline struct sa_span *sa_pagemap_entry(uintptr_t bias, uintptr_t addr)
 /* The leaf for addr, or NULL. */
 static inline struct sa_arena_leaf *sa_pagemap_leaf(uintptr_t addr)
 {
-    uintptr_t bias = sa_pagemap_bias(addr);
+    uintptr_t bias = sa_pagemap_bias_any(addr);
     if (bias == 0)
         return NULL;
     uintptr_t arena = addr >> SA_ARENA_SHIFT;
@@ -207,13 +240,14 @@ static inline struct sa_arena_leaf *sa_pagemap_leaf(uintptr_t addr)
 /* The span holding addr, or NULL. */
 static inline struct sa_span *sa_pagemap_lookup(uintptr_t addr)
 {
-    uintptr_t bias = sa_pagemap_bias(addr);
+    uintptr_t bias = sa_pagemap_bias_any(addr);
     if (SA_UNLIKELY(bias == 0))
         return NULL;
     struct sa_span *s = sa_pagemap_entry(bias, addr);
     return s == &sa_span_none ? NULL : s;
 }
 
+/* Leaves for [base, base+bytes): all of them or, on failure, none (heap lock). */
 bool sa_pagemap_ensure(uintptr_t base, size_t bytes); /* heap lock */
 void sa_pagemap_set(uintptr_t base, size_t npages, struct sa_span *s);
 void sa_pagemap_set_page(uintptr_t addr, struct sa_span *s);
@@ -221,6 +255,13 @@ void sa_pagemap_set_page(uintptr_t addr, struct sa_span *s);
 size_t sa_pagemap_count_released(uintptr_t base, size_t npages);
 void sa_pagemap_mark_released(uintptr_t base, size_t npages, bool released);
 size_t sa_pagemap_first_unreleased(uintptr_t base, size_t npages); /* npages if none */
+/* Known-zero pages (heap lock): fresh memory from the kernel is released and
+ * zero; a release marks pages released, and zero only where the kernel
+ * guarantees it (sa_os_release_zeroes, whole OS pages).  Marking pages
+ * unreleased (taken into use) clears both. */
+void sa_pagemap_note_fresh(uintptr_t base, size_t npages);
+void sa_pagemap_note_released(uintptr_t base, size_t npages);
+bool sa_pagemap_all_zero(uintptr_t base, size_t npages);
 uint64_t sa_pagemap_sys_bytes(void);
 
 /* ---- Free-block encoding (safe linking and the double-free mark).
@@ -365,6 +406,8 @@ void sa_mcache_fork_prepare(void);
 void sa_mcache_fork_parent(void);
 void sa_mcache_fork_child(void);
 void sa_mcache_thread_init(void);
+/* Test hook (internal): replaces pthread_setspecific when set. */
+SA_HIDDEN extern int (*sa_setspecific_hook)(pthread_key_t, const void *);
 
 /* ---- mcentral (alloc/mcentral.c): per size class, one lock each. */
 uint32_t sa_mcentral_fill(unsigned cls, uint32_t want, void **head);
@@ -374,6 +417,10 @@ void sa_mcentral_release(unsigned cls, void *head);
 void sa_mcentral_release_batch(unsigned cls, void *head, uint32_t count);
 void sa_mcentral_drain_transfer(void); /* every kept batch back to its spans */
 void sa_mcentral_fork_prepare(void);
+/* Test hooks (internal): fork_prepare waits for a chain of empty spans;
+ * called between the class lock and the heap when carrying one. */
+SA_HIDDEN extern _Atomic int sa_mcentral_fork_waiting;
+SA_HIDDEN extern void (*sa_mcentral_chain_hook)(void);
 void sa_mcentral_fork_parent(void);
 void sa_mcentral_fork_child(void);
 uint64_t sa_mcentral_sys_bytes(void);
@@ -436,10 +483,17 @@ void sa_mheap_fork_child(void);
 /* ---- os (alloc/os.c): the one place that talks to the kernel. */
 void *sa_os_map(size_t bytes, size_t align);
 void sa_os_unmap(void *addr, size_t bytes);
+/* Could the machine ever back `bytes` more (RAM + swap, the kernel's
+ * overcommit rule)?  Called where the large path begins, before anything is
+ * touched. */
+bool sa_os_can_back(size_t bytes);
 bool sa_os_release(void *addr, size_t bytes);
 void sa_os_random(void *buf, size_t len);
 uint64_t sa_os_now_ns(void);
 size_t sa_os_page_size(void);
+bool sa_os_release_zeroes(void); /* released whole OS pages read back zero */
+/* Test hook (internal): pretend the OS page is this big (0: sysconf). */
+SA_HIDDEN extern size_t sa_os_page_size_override;
 /* Background threads: register at start; exit when no other thread runs. */
 void sa_os_register_background_thread(void);
 void sa_os_unregister_background_thread(void);
@@ -447,6 +501,8 @@ void sa_os_forget_background_threads(void);
 bool sa_os_user_threads_alive(void);
 /* Test hooks (internal): fail the next `n` maps; replace the clock. */
 SA_HIDDEN extern _Atomic int sa_os_fail_maps;
+/* ... after letting this many maps through first. */
+SA_HIDDEN extern _Atomic int sa_os_fail_maps_after;
 SA_HIDDEN extern uint64_t (*sa_clock_hook)(void);
 
 /* ---- Bootstrap, options, errors (alloc/init.c, alloc/report.c) */
@@ -463,8 +519,13 @@ struct sa_options {
     uint64_t stats_interval_ns; /* SPANALLOC_STATS_INTERVAL, default 10 s */
 };
 extern struct sa_options sa_options;
+/* A secure-execution process (AT_SECURE): options come from secure_getenv,
+ * and nothing writes files or prints on an option's say-so. */
+extern bool sa_secure_exec;
 extern bool sa_on_valgrind; /* set at init: caches off, client requests on */
-extern _Atomic int sa_init_state; /* 0 none, 1 running, 2 done */
+extern _Atomic int sa_init_state; /* 0 none, -pid running, 2 done */
+/* Test hook (internal): called by the thread that initialises, first. */
+SA_HIDDEN extern void (*sa_init_pause_hook)(void);
 void sa_init_slow(void);
 static inline void sa_ensure_init(void)
 {

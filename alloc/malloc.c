@@ -33,7 +33,8 @@ void *sa_malloc_large(size_t size, size_t align)
     if (size <= SA_MAX_MEDIUM && align <= 16)
         return sa_mcache_alloc(sa_medium_list_offset(size));
     sa_ensure_init();
-    if (size > SA_MAX_REQUEST || align > ((size_t)1 << (SA_ADDR_BITS - 2))) {
+    if (size > SA_MAX_REQUEST || align > ((size_t)1 << (SA_ADDR_BITS - 2)) ||
+        !sa_os_can_back(size + align)) { /* fails at once, touching nothing */
         errno = ENOMEM;
         return NULL;
     }
@@ -55,6 +56,13 @@ void sa_free_not_small(void *ptr, struct sa_span *s)
 {
     if (ptr == NULL)
         return;
+    if (s == NULL) { /* the inline lookup covers the static root only */
+        s = sa_pagemap_lookup((uintptr_t)ptr);
+        if (s != NULL && (uint64_t)((uintptr_t)ptr - s->base) * s->free_magic < s->free_limit) {
+            sa_mcache_free(ptr, s); /* a small block above 2^SA_ADDR_BITS */
+            return;
+        }
+    }
     if (s == &sa_span_none)
         s = NULL;
     if (s != NULL && s->state == SA_SPAN_LARGE && (uintptr_t)ptr == s->base) {

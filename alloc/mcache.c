@@ -42,6 +42,7 @@ static uint64_t exited_mallocs[SA_NUM_CLASSES], exited_frees[SA_NUM_CLASSES];
 /* Blocks allocated or freed by threads without a cache (slow path only). */
 static _Atomic uint64_t direct_mallocs[SA_NUM_CLASSES], direct_frees[SA_NUM_CLASSES];
 static pthread_key_t exit_key;
+int (*sa_setspecific_hook)(pthread_key_t, const void *); /* test hook */
 
 uint32_t sa_mcache_list_cap(unsigned cls)
 {
@@ -195,8 +196,14 @@ static struct sa_mcache *cache_create(void)
         registry_link(c);
     }
     pthread_mutex_unlock(&registry_lock);
-    if (c != NULL)
-        pthread_setspecific(exit_key, c); /* may allocate: we are CREATING */
+    /* May allocate: we are CREATING.  If it fails, the exit flush would never
+     * run: the thread goes without a cache (and tries again later). */
+    if (c != NULL && (sa_setspecific_hook ? sa_setspecific_hook : pthread_setspecific)(exit_key, c) != 0) {
+        pthread_mutex_lock(&registry_lock);
+        registry_retire(c);
+        pthread_mutex_unlock(&registry_lock);
+        c = NULL;
+    }
     return c;
 }
 

@@ -20,6 +20,8 @@
  * which goes straight back to the heap (kept, 4 per class raised peak RSS of
  * bench/workloads mixed by 4 MiB).
  */
+#include <sched.h>
+
 #include "internal.h"
 #include "valgrind_hooks.h"
 
@@ -47,6 +49,15 @@ static void init_locks(void)
         pthread_mutex_init(&centrals[c].lock, NULL);
 }
 
+/* A report aborts; a SIGABRT handler that allocates must find the class
+ * lock free (it dies of the report's abort again instead of deadlocking). */
+SA_COLD __attribute__((noreturn)) static void report_unlocking(struct mcentral *c, const char *what,
+                                                            void *obj, const struct sa_span *s)
+{
+    pthread_mutex_unlock(&c->lock);
+    sa_report(what, obj, s);
+}
+
 static bool span_has_free(const struct sa_span *s)
 {
     return s->freelist != NULL || s->ncarved < s->nelems;
@@ -55,17 +66,17 @@ static bool span_has_free(const struct sa_span *s)
 /* Take one free object out of a span with free objects.  Links popped from a
  * span's own list must point back into the span: anything else means a
  * use-after-free write corrupted it. */
-static void *span_take(struct sa_span *s)
+static void *span_take(struct mcentral *c, struct sa_span *s)
 {
     void *obj = s->freelist;
     if (obj != NULL) {
         SA_VG_OPEN_LINKS(obj);
         if (!sa_block_is_free(obj))
-            sa_report("corrupted free block (written after free)", obj, s);
+            report_unlocking(c, "corrupted free block (written after free)", obj, s);
         void *next = sa_decode_link(((uintptr_t *)obj)[0]);
         uintptr_t limit = s->base + (uintptr_t)s->nelems * s->elem_size;
         if (next != NULL && ((uintptr_t)next < s->base || (uintptr_t)next >= limit))
-            sa_report("corrupted free list link", obj, s);
+            report_unlocking(c, "corrupted free list link", obj, s);
         s->freelist = next;
     } else {
         obj = (void *)(s->base + (uintptr_t)s->ncarved * s->elem_size);
@@ -84,6 +95,12 @@ uint32_t sa_mcentral_fill(unsigned cls, uint32_t want, void **head)
     pthread_mutex_lock(&c->lock);
     if (c->nbatches > 0 && c->batches[c->nbatches - 1].count <= want) {
         struct transfer_batch b = c->batches[--c->nbatches]; /* copy under the lock */
+        /* The refill pops the head without a look (the fast path checks the
+         * blocks after it): a use-after-free write to the head of a parked
+         * batch is caught here. */
+        if (!sa_block_is_free(b.head))
+            report_unlocking(c, "corrupted free block (written after free)", b.head,
+                             sa_pagemap_lookup((uintptr_t)b.head));
         pthread_mutex_unlock(&c->lock);
         *head = b.head;
         return b.count;
@@ -97,7 +114,7 @@ uint32_t sa_mcentral_fill(unsigned cls, uint32_t want, void **head)
             sa_span_list_push(&c->partial, s);
         }
         while (got < want && span_has_free(s)) {
-            void *obj = span_take(s);
+            void *obj = span_take(c, s);
             SA_VG_OPEN_LINKS(obj); /* a freshly carved object, or opened by span_take */
             sa_block_make_free(obj, list);
             list = obj;
@@ -134,32 +151,69 @@ static struct sa_span *span_put(struct mcentral *c, void *obj)
     return NULL;
 }
 
-/* Release a list of free blocks (as the caches hold them) to their spans.
- * Empty spans go back to the mheap after the class lock is dropped. */
-void sa_mcentral_release(unsigned cls, void *head)
+/* Empty spans on their way from a class (its lock dropped) to the heap are
+ * in no structure a forked child could find.  A thread carrying such a
+ * chain counts itself here, under the class lock; fork_prepare, once it
+ * holds every class lock (no new chain can start), waits until the count is
+ * 0, before it takes the heap lock the carriers need. */
+static _Atomic unsigned chains_out;
+static __thread bool carrying_chain; /* fork from a signal handler in it */
+_Atomic int sa_mcentral_fork_waiting;  /* test hook: prepare is waiting */
+void (*sa_mcentral_chain_hook)(void); /* test hook: between the two holds */
+
+/* Put a list of free blocks (as the caches hold them) back into their
+ * spans, class lock held; returns the spans that became empty, chained
+ * through their list link (they are on no list). */
+static struct sa_span *release_locked(struct mcentral *c, void *head)
 {
-    struct mcentral *c = &centrals[cls];
     struct sa_span *empty = NULL;
-    pthread_mutex_lock(&c->lock);
     while (head != NULL) {
         void *obj = head;
         SA_VG_OPEN_LINKS(obj);
         head = sa_decode_link(((uintptr_t *)obj)[0]);
         struct sa_span *s = span_put(c, obj);
         if (s != NULL) {
-            s->next = empty; /* chain through the list link; it is on no list */
+            s->next = empty;
             empty = s;
         }
     }
+    return empty;
+}
+
+/* Drop the class lock and hand the empty spans to the heap, counted as a
+ * chain in flight (see chains_out) while they are in neither. */
+static void unlock_and_carry(struct mcentral *c, struct sa_span *empty)
+{
+    if (empty == NULL) {
+        pthread_mutex_unlock(&c->lock);
+        return;
+    }
+    atomic_fetch_add_explicit(&chains_out, 1, memory_order_relaxed);
+    carrying_chain = true;
     pthread_mutex_unlock(&c->lock);
+    if (SA_UNLIKELY(sa_mcentral_chain_hook != NULL))
+        sa_mcentral_chain_hook();
     while (empty != NULL) {
         struct sa_span *s = empty;
         empty = s->next;
         s->next = NULL;
         sa_mheap_free(s);
     }
+    carrying_chain = false;
+    atomic_fetch_sub_explicit(&chains_out, 1, memory_order_release);
 }
 
+/* Release a list of free blocks to their spans.  Empty spans go back to the
+ * mheap after the class lock is dropped. */
+void sa_mcentral_release(unsigned cls, void *head)
+{
+    struct mcentral *c = &centrals[cls];
+    pthread_mutex_lock(&c->lock);
+    unlock_and_carry(c, release_locked(c, head));
+}
+
+/* A batch is parked or put back in the same lock hold: it is never in the
+ * caller's hands alone, where a fork would lose it. */
 void sa_mcentral_release_batch(unsigned cls, void *head, uint32_t count)
 {
     struct mcentral *c = &centrals[cls];
@@ -169,21 +223,22 @@ void sa_mcentral_release_batch(unsigned cls, void *head, uint32_t count)
         pthread_mutex_unlock(&c->lock);
         return;
     }
-    pthread_mutex_unlock(&c->lock);
-    sa_mcentral_release(cls, head);
+    unlock_and_carry(c, release_locked(c, head));
 }
 
+/* Each parked batch goes back into its spans in the hold that unparks it. */
 void sa_mcentral_drain_transfer(void)
 {
     for (unsigned cls = 1; cls < SA_NUM_CLASSES; cls++) {
         struct mcentral *c = &centrals[cls];
         for (;;) {
             pthread_mutex_lock(&c->lock);
-            void *head = c->nbatches > 0 ? c->batches[--c->nbatches].head : NULL;
-            pthread_mutex_unlock(&c->lock);
-            if (head == NULL)
+            if (c->nbatches == 0) {
+                pthread_mutex_unlock(&c->lock);
                 break;
-            sa_mcentral_release(cls, head);
+            }
+            void *head = c->batches[--c->nbatches].head;
+            unlock_and_carry(c, release_locked(c, head));
         }
     }
 }
@@ -192,6 +247,12 @@ void sa_mcentral_fork_prepare(void)
 {
     for (unsigned c = 1; c < SA_NUM_CLASSES; c++)
         pthread_mutex_lock(&centrals[c].lock);
+    if (atomic_load_explicit(&chains_out, memory_order_acquire) == 0 || carrying_chain)
+        return;
+    atomic_store(&sa_mcentral_fork_waiting, 1);
+    while (atomic_load_explicit(&chains_out, memory_order_acquire) != 0)
+        sched_yield(); /* a carrier needs only the heap lock: it finishes */
+    atomic_store(&sa_mcentral_fork_waiting, 0);
 }
 
 void sa_mcentral_fork_parent(void)

@@ -47,9 +47,46 @@ void sa_mheap_unlock(void)
     pthread_mutex_unlock(&heap_lock);
 }
 
+/* ---- Spans out for release
+ *
+ * The scavenger releases a detached span without the heap lock.  While it
+ * is out (state SCAVENGING) it is also on this list, linked through its age
+ * links (it is on no age list then), so that a fork in that window does not
+ * lose it: the child, where the releasing thread does not exist, puts it
+ * back into the free lists.  Heap lock. */
+static struct sa_span *scavenging;
+
+static void scavenging_add(struct sa_span *s)
+{
+    s->age_prev = NULL;
+    s->age_next = scavenging;
+    if (scavenging != NULL)
+        scavenging->age_prev = s;
+    scavenging = s;
+}
+
+static void scavenging_remove(struct sa_span *s)
+{
+    if (s->age_prev != NULL)
+        s->age_prev->age_next = s->age_next;
+    else
+        scavenging = s->age_next;
+    if (s->age_next != NULL)
+        s->age_next->age_prev = s->age_prev;
+    s->age_next = s->age_prev = NULL;
+}
+
+static void coalesce_and_insert(struct sa_span *s);
+
 void sa_mheap_fork_child(void)
 {
     pthread_mutex_init(&heap_lock, NULL);
+    while (scavenging != NULL) { /* the bitmap still says what was released */
+        struct sa_span *s = scavenging;
+        scavenging_remove(s);
+        s->state = SA_SPAN_FREE;
+        coalesce_and_insert(s);
+    }
 }
 
 static uintptr_t span_end(const struct sa_span *s)
@@ -346,7 +383,7 @@ static bool grow(size_t npages)
     s->npages = (uint32_t)(chunk >> SA_PAGE_SHIFT);
     s->state = SA_SPAN_FREE;
     s->released_pages = s->npages; /* untouched memory is not resident */
-    sa_pagemap_mark_released(s->base, s->npages, true);
+    sa_pagemap_note_fresh(s->base, s->npages);
     counters.sys_bytes += chunk;
     counters.released_pages += s->npages;
     coalesce_and_insert(s);
@@ -393,12 +430,14 @@ static void take_released(struct sa_span *s)
         sa_report("heap accounting: released_pages disagrees with the bitmap",
                   (void *)s->base, s);
 #endif
+    /* Zero only where the kernel guarantees it (see sa_pagemap_note_released). */
+    bool zero = released == s->npages && sa_pagemap_all_zero(s->base, s->npages);
     if (released) {
         sa_pagemap_mark_released(s->base, s->npages, false);
         counters.released_pages -= released;
         counters.reacquired_total += (uint64_t)released << SA_PAGE_SHIFT;
     }
-    s->needzero = released < s->npages;
+    s->needzero = !zero;
     s->released_pages = 0;
 }
 
@@ -423,9 +462,8 @@ static struct sa_span *alloc_locked(size_t npages, size_t align_pages, bool *gre
     } else {
         carved = carve(s, npages);
     }
-    if (!carved) {
-        map_edges(s);
-        free_lists_insert(s);
+    if (!carved) { /* no record left: back whole, merged with a lead trimmed off */
+        coalesce_and_insert(s);
         return NULL;
     }
     take_released(s);
@@ -870,6 +908,7 @@ static struct sa_span *detach_scavenge_chunk(uint64_t cutoff_ns, size_t max_page
     size_t take = s->npages < max_pages ? s->npages : max_pages;
     (void)split_free_tail(s, take); /* without a record: the whole span */
     s->state = SA_SPAN_SCAVENGING;
+    scavenging_add(s);
     return s;
 }
 
@@ -898,7 +937,7 @@ uint64_t sa_mheap_scavenge(uint64_t cutoff_ns, uint64_t max_bytes)
         if (ok) {
             uint32_t newly = s->npages -
                              (uint32_t)sa_pagemap_count_released(s->base, s->npages);
-            sa_pagemap_mark_released(s->base, s->npages, true);
+            sa_pagemap_note_released(s->base, s->npages);
             counters.released_pages += newly;
             counters.released_total += (uint64_t)newly << SA_PAGE_SHIFT;
             s->released_pages = s->npages;
@@ -906,6 +945,7 @@ uint64_t sa_mheap_scavenge(uint64_t cutoff_ns, uint64_t max_bytes)
         } else {
             counters.madvise_failures++;
         }
+        scavenging_remove(s);
         s->state = SA_SPAN_FREE;
         coalesce_and_insert(s);
         pthread_mutex_unlock(&heap_lock);

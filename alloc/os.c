@@ -14,6 +14,7 @@
 #include <stdint.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
+#include <sys/sysinfo.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -24,11 +25,14 @@
 #endif
 
 _Atomic int sa_os_fail_maps;
+_Atomic int sa_os_fail_maps_after;
 uint64_t (*sa_clock_hook)(void);
 
 static void *map_exact(size_t bytes)
 {
-    if (atomic_load_explicit(&sa_os_fail_maps, memory_order_relaxed) > 0) {
+    if (atomic_load_explicit(&sa_os_fail_maps_after, memory_order_relaxed) > 0)
+        atomic_fetch_sub(&sa_os_fail_maps_after, 1); /* let this one through */
+    else if (atomic_load_explicit(&sa_os_fail_maps, memory_order_relaxed) > 0) {
         atomic_fetch_sub(&sa_os_fail_maps, 1);
         return NULL;
     }
@@ -59,14 +63,76 @@ void *sa_os_map(size_t bytes, size_t align)
     return (void *)start;
 }
 
+/* ---- Requests no machine could back.
+ *
+ * Heap mappings are MAP_NORESERVE (address space first, memory as it is
+ * touched), so the kernel's overcommit check never sees a request: a 20 TiB
+ * malloc would map, then write page-map state for every 64 MiB of it.  A
+ * request of at least SA_OS_BACKING_CHECK bytes is first held against
+ *   - the machine: RAM plus swap (sysinfo).  The kernel's default rule
+ *     (vm.overcommit_memory=0) refuses one mapping larger than that; with
+ *     overcommit_memory=1 the kernel would accept it, but no use of it could
+ *     be backed and its page-map leaves alone would cost a thousandth of it,
+ *     so it is refused as well;
+ *   - the kernel's own rule as configured now: with overcommit_memory=2 (the
+ *     commit limit; read at most once a second) an accounted mapping of that
+ *     size is made and undone at once, without touching it.
+ * Smaller requests fail, if they must, in the mapping itself. */
+#define SA_OS_BACKING_CHECK ((size_t)64 << 20)
+
+/* vm.overcommit_memory (0 heuristic, 1 always, 2 never), read again at most
+ * once a second; -1 if unreadable.  Raw system calls: no stdio here. */
+static int overcommit_mode(void)
+{
+    static _Atomic int mode = -1;
+    static _Atomic uint64_t read_at_ns;
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    uint64_t now = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+    uint64_t at = atomic_load_explicit(&read_at_ns, memory_order_relaxed);
+    if (at != 0 && now - at < 1000000000u)
+        return atomic_load_explicit(&mode, memory_order_relaxed);
+    int m = -1, fd = open("/proc/sys/vm/overcommit_memory", O_RDONLY | O_CLOEXEC);
+    if (fd >= 0) {
+        char c;
+        if (read(fd, &c, 1) == 1 && c >= '0' && c <= '2')
+            m = c - '0';
+        close(fd);
+    }
+    atomic_store_explicit(&mode, m, memory_order_relaxed);
+    atomic_store_explicit(&read_at_ns, now, memory_order_relaxed);
+    return m;
+}
+
+bool sa_os_can_back(size_t bytes)
+{
+    if (bytes < SA_OS_BACKING_CHECK)
+        return true;
+    struct sysinfo si;
+    if (sysinfo(&si) == 0) {
+        uint64_t units = (uint64_t)si.totalram + si.totalswap, total;
+        if (!__builtin_mul_overflow(units, (uint64_t)si.mem_unit, &total) && bytes > total)
+            return false;
+    }
+    int mode = overcommit_mode();
+    if (mode == 0 || mode == 1)
+        return true; /* the kernel's own rule is the one just applied, or none */
+    void *probe = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (probe == MAP_FAILED)
+        return false;
+    munmap(probe, bytes);
+    return true;
+}
+
 void sa_os_unmap(void *addr, size_t bytes)
 {
     munmap(addr, bytes);
 }
 
 /* Return the physical pages of [addr, addr+bytes) to the OS.  Only whole OS
- * pages are released; callers pass 8 KiB-aligned ranges, which are whole OS
- * pages wherever the OS page is <= 8 KiB. */
+ * pages are released: with 16 or 64 KiB OS pages an 8 KiB-aligned range
+ * keeps its partial OS pages at both ends (their data stays: the page map's
+ * known-zero bitmap leaves them out, see sa_pagemap_note_released). */
 bool sa_os_release(void *addr, size_t bytes)
 {
     size_t os_page = sa_os_page_size();
@@ -76,6 +142,14 @@ bool sa_os_release(void *addr, size_t bytes)
         return true;
     int advice = sa_options.madvise_free ? MADV_FREE : MADV_DONTNEED;
     return madvise((void *)start, end - start, advice) == 0;
+}
+
+/* Do released pages read back as zero?  MADV_DONTNEED on private anonymous
+ * memory: yes, for every whole OS page of the range.  MADV_FREE: no, the
+ * kernel may leave the old contents until it is short of memory. */
+bool sa_os_release_zeroes(void)
+{
+    return !sa_options.madvise_free;
 }
 
 void sa_os_random(void *buf, size_t len)
@@ -201,9 +275,13 @@ bool sa_os_user_threads_alive(void)
     return alive;
 }
 
+size_t sa_os_page_size_override;
+
 size_t sa_os_page_size(void)
 {
     static size_t cached;
+    if (SA_UNLIKELY(sa_os_page_size_override != 0))
+        return sa_os_page_size_override;
     if (cached == 0) {
         long p = sysconf(_SC_PAGESIZE);
         cached = p > 0 ? (size_t)p : 4096;

@@ -6,41 +6,113 @@
  * with a release store.  A
  * leaf entry is never NULL: a page no span holds maps to sa_span_none, which
  * saves free()'s fast path a test (sa_pagemap_lookup hides it from the rest).
- * Writers hold the heap lock.  The root is a static array: the kernel maps its
- * pages only when an entry is first written, so covering the whole 47-bit
- * address space commits nothing up front.
+ * Writers hold the heap lock.  The root below 2^48 is a static array: the
+ * kernel maps its pages only when an entry is first written, so covering it
+ * commits nothing up front; above it, up to 2^56, a small hashed table (see
+ * internal.h) keeps free()'s inline path to the one array.
  *
  * Each leaf also keeps its arena's released-page bitmap, the exact record of
- * which idle pages have been given back to the OS (or never touched).
+ * which idle pages have been given back to the OS (or never touched), and
+ * its known-zero bitmap, the pages calloc may trust to read as zero.
  */
 #include "internal.h"
 
 _Atomic uintptr_t sa_pagemap_root[SA_ROOT_ENTRIES];
 struct sa_span sa_span_none; /* all zero: state 0, free_limit 0 */
 static uint64_t leaves_sys_bytes;
+static size_t leaves_mapped;
 
 static size_t page_in_leaf(uintptr_t addr)
 {
     return (addr >> SA_PAGE_SHIFT) & (SA_PAGES_PER_ARENA - 1);
 }
 
+/* ---- The high part of the root: arenas above 2^SA_ADDR_BITS.
+ *
+ * A key is an arena number (never 0 here: these arenas are all above the
+ * static root), published after its bias with a release store; a reader
+ * probes from the arena's hash until it finds the key or an empty slot.
+ * Keys are never removed, so a probe sequence never breaks. */
+struct high_slot {
+    _Atomic uintptr_t arena;
+    _Atomic uintptr_t bias;
+};
+static struct high_slot high_root[SA_HIGH_SLOTS];
+static size_t high_used; /* heap lock */
+
+static size_t high_hash(uintptr_t arena)
+{
+    return (size_t)(((uint64_t)arena * 0x9e3779b97f4a7c15ull) >> 32) & (SA_HIGH_SLOTS - 1);
+}
+
+uintptr_t sa_pagemap_high_bias(uintptr_t addr)
+{
+    uintptr_t arena = addr >> SA_ARENA_SHIFT;
+    if (arena >> (SA_MAX_ADDR_BITS - SA_ARENA_SHIFT))
+        return 0; /* beyond any user address space */
+    for (size_t i = high_hash(arena), n = 0; n < SA_HIGH_SLOTS; i = (i + 1) & (SA_HIGH_SLOTS - 1), n++) {
+        uintptr_t key = atomic_load_explicit(&high_root[i].arena, memory_order_acquire);
+        if (key == arena)
+            return atomic_load_explicit(&high_root[i].bias, memory_order_relaxed);
+        if (key == 0)
+            return 0;
+    }
+    return 0;
+}
+
+static void high_publish(uintptr_t arena, uintptr_t bias)
+{
+    size_t i = high_hash(arena);
+    while (atomic_load_explicit(&high_root[i].arena, memory_order_relaxed) != 0)
+        i = (i + 1) & (SA_HIGH_SLOTS - 1);
+    atomic_store_explicit(&high_root[i].bias, bias, memory_order_relaxed);
+    atomic_store_explicit(&high_root[i].arena, arena, memory_order_release);
+    high_used++;
+}
+
+static void publish_leaf(struct sa_arena_leaf *leaf, uintptr_t arena)
+{
+    if (arena < SA_ROOT_ENTRIES)
+        atomic_store_explicit(&sa_pagemap_root[arena], sa_leaf_bias(leaf, arena),
+                              memory_order_release);
+    else
+        high_publish(arena, sa_leaf_bias(leaf, arena));
+}
+
+/* Leaves for every arena of [base, base+bytes) that has none, mapped in one
+ * piece: either all of them are published or, if the mapping fails, none,
+ * so a failed growth leaves no resident leaf behind. */
 bool sa_pagemap_ensure(uintptr_t base, size_t bytes)
 {
     uintptr_t end = base + bytes;
-    if ((end - 1) >> SA_ADDR_BITS)
+    if (bytes == 0 || end < base || (end - 1) >> SA_MAX_ADDR_BITS)
         return false;
-    for (uintptr_t a = base & ~(SA_ARENA_SIZE - 1); a < end; a += SA_ARENA_SIZE) {
-        if (sa_pagemap_leaf(a) != NULL)
+    uintptr_t first = base >> SA_ARENA_SHIFT, last = (end - 1) >> SA_ARENA_SHIFT;
+    size_t missing = 0, missing_high = 0;
+    for (uintptr_t a = first; a <= last; a++) {
+        if (sa_pagemap_leaf(a << SA_ARENA_SHIFT) == NULL) {
+            missing++;
+            missing_high += a >= SA_ROOT_ENTRIES;
+        }
+    }
+    if (missing == 0)
+        return true;
+    if (high_used + missing_high > SA_HIGH_SLOTS / 2)
+        return false; /* the hashed part stays at most half full */
+    size_t os_page = sa_os_page_size();
+    size_t len = (missing * sizeof(struct sa_arena_leaf) + os_page - 1) & ~(os_page - 1);
+    struct sa_arena_leaf *leaves = sa_os_map(len, 0);
+    if (leaves == NULL)
+        return false;
+    leaves_sys_bytes += len;
+    leaves_mapped += missing;
+    struct sa_arena_leaf *leaf = leaves;
+    for (uintptr_t a = first; a <= last; a++) {
+        if (sa_pagemap_leaf(a << SA_ARENA_SHIFT) != NULL)
             continue;
-        struct sa_arena_leaf *leaf = sa_os_map(sizeof(struct sa_arena_leaf), 0);
-        if (leaf == NULL)
-            return false;
-        leaves_sys_bytes += sizeof(struct sa_arena_leaf);
         for (size_t i = 0; i < SA_PAGES_PER_ARENA; i++)
             atomic_store_explicit(&leaf->spans[i], &sa_span_none, memory_order_relaxed);
-        uintptr_t arena = a >> SA_ARENA_SHIFT;
-        atomic_store_explicit(&sa_pagemap_root[arena], sa_leaf_bias(leaf, arena),
-                              memory_order_release);
+        publish_leaf(leaf++, a);
     }
     return true;
 }
@@ -48,8 +120,7 @@ bool sa_pagemap_ensure(uintptr_t base, size_t bytes)
 uint64_t sa_pagemap_sys_bytes(void)
 {
     /* Leaves, plus the root pages their entries touched (an upper bound). */
-    uint64_t leaves = leaves_sys_bytes / sizeof(struct sa_arena_leaf);
-    return leaves_sys_bytes + leaves * 4096;
+    return leaves_sys_bytes + leaves_mapped * sa_os_page_size();
 }
 
 /* NULL (no span) is stored as sa_span_none. */
@@ -125,22 +196,77 @@ size_t sa_pagemap_count_released(uintptr_t base, size_t npages)
     return total;
 }
 
-void sa_pagemap_mark_released(uintptr_t base, size_t npages, bool released)
+enum bit_op { BITS_SET_RELEASED, BITS_SET_ZERO, BITS_CLEAR_BOTH };
+
+static void update_bits(uintptr_t base, size_t npages, enum bit_op op)
 {
     while (npages > 0) {
         struct sa_arena_leaf *leaf;
         size_t first, count = leaf_run(base, npages, &leaf, &first);
         for (size_t i = first, end = first + count; i < end;) {
             size_t bit = i & 63, n = (64 - bit) < (end - i) ? 64 - bit : end - i;
-            if (released)
-                leaf->released[i >> 6] |= run_mask(bit, n);
-            else
-                leaf->released[i >> 6] &= ~run_mask(bit, n);
+            uint64_t mask = run_mask(bit, n);
+            if (op == BITS_SET_RELEASED) {
+                leaf->released[i >> 6] |= mask;
+            } else if (op == BITS_SET_ZERO) {
+                leaf->zero[i >> 6] |= mask;
+            } else {
+                leaf->released[i >> 6] &= ~mask;
+                leaf->zero[i >> 6] &= ~mask;
+            }
             i += n;
         }
         base += count << SA_PAGE_SHIFT;
         npages -= count;
     }
+}
+
+void sa_pagemap_mark_released(uintptr_t base, size_t npages, bool released)
+{
+    update_bits(base, npages, released ? BITS_SET_RELEASED : BITS_CLEAR_BOTH);
+}
+
+void sa_pagemap_note_fresh(uintptr_t base, size_t npages)
+{
+    update_bits(base, npages, BITS_SET_RELEASED);
+    update_bits(base, npages, BITS_SET_ZERO);
+}
+
+/* [base, +npages) was just released (sa_os_release).  Zero only the pages
+ * that lie in whole OS pages of the range, and only if the advice zeroes:
+ * with 16/64 KiB OS pages the partial OS pages at the ends kept their data,
+ * and MADV_FREE keeps it until the kernel needs the memory. */
+void sa_pagemap_note_released(uintptr_t base, size_t npages)
+{
+    update_bits(base, npages, BITS_SET_RELEASED);
+    if (!sa_os_release_zeroes())
+        return;
+    size_t os_page = sa_os_page_size();
+    uintptr_t end = base + (npages << SA_PAGE_SHIFT);
+    uintptr_t zstart = (base + os_page - 1) & ~(uintptr_t)(os_page - 1);
+    uintptr_t zend = end & ~(uintptr_t)(os_page - 1);
+    if (os_page <= SA_PAGE_SIZE)
+        zstart = base, zend = end; /* every 8 KiB page is whole OS pages */
+    if (zend > zstart)
+        update_bits(zstart, (zend - zstart) >> SA_PAGE_SHIFT, BITS_SET_ZERO);
+}
+
+bool sa_pagemap_all_zero(uintptr_t base, size_t npages)
+{
+    while (npages > 0) {
+        struct sa_arena_leaf *leaf;
+        size_t first, count = leaf_run(base, npages, &leaf, &first);
+        for (size_t i = first, end = first + count; i < end;) {
+            size_t bit = i & 63, n = (64 - bit) < (end - i) ? 64 - bit : end - i;
+            uint64_t mask = run_mask(bit, n);
+            if ((leaf->zero[i >> 6] & mask) != mask)
+                return false;
+            i += n;
+        }
+        base += count << SA_PAGE_SHIFT;
+        npages -= count;
+    }
+    return true;
 }
 
 size_t sa_pagemap_first_unreleased(uintptr_t base, size_t npages)

@@ -18,8 +18,16 @@ static char *chunk_cursor, *chunk_end;
 
 extern struct sa_heap_counters sa_heap_counters_locked; /* mheap.c */
 
+int sa_span_records_fail, sa_span_records_fail_after; /* test hooks, heap lock */
+
 struct sa_span *sa_span_record_new(void)
 {
+    if (SA_UNLIKELY(sa_span_records_fail > 0)) {
+        if (sa_span_records_fail_after > 0)
+            sa_span_records_fail_after--;
+        else
+            return sa_span_records_fail--, NULL;
+    }
     struct sa_span *s = record_free_list;
     if (s != NULL) {
         record_free_list = s->next;

@@ -340,8 +340,8 @@ static bool start_thread(void)
  * in a forked child. */
 void sa_snapshot_on_grow(void)
 {
-    if (SA_LIKELY(sa_options.stats_file[0] == '\0'))
-        return;
+    if (SA_LIKELY(sa_options.stats_file[0] == '\0') || sa_secure_exec)
+        return; /* never a file written on a setuid program's behalf */
     int expected = SNAP_OFF;
     if (atomic_compare_exchange_strong(&snap_state, &expected, SNAP_RUNNING) ||
         (expected == SNAP_START_IN_CHILD &&

@@ -629,6 +629,38 @@ static void madvise_failure(void **state)
     expect_child_ok(run_in_child(madvise_child, 120), "madvise failure");
 }
 
+/* An aligned large request whose lead was trimmed off but whose tail could
+ * not be split (no span record left) puts the span back merged with that
+ * lead: the free memory is one span again, not two neighbours that never
+ * merge. */
+static void aligned_failure_coalesces(void **state)
+{
+    (void)state;
+    spanalloc_free(spanalloc_malloc(64 << 20)); /* free room: no growth below */
+    bool tried = false;
+    for (size_t align = 1 << 20; align <= (32u << 20) && !tried; align *= 2) {
+        struct sa_heap_counters before, after;
+        sa_mheap_read(&before);
+        sa_mheap_lock();
+        sa_span_records_fail_after = 1; /* the lead's record, then none */
+        sa_span_records_fail = 1;
+        sa_mheap_unlock();
+        void *p = spanalloc_aligned_alloc(align, 100 << 10);
+        sa_mheap_lock();
+        sa_span_records_fail = sa_span_records_fail_after = 0;
+        sa_mheap_unlock();
+        if (p != NULL) { /* already aligned: no lead to trim; try another */
+            spanalloc_free(p);
+            continue;
+        }
+        tried = true;
+        sa_mheap_read(&after);
+        assert_int_equal(after.span_records, before.span_records);
+        assert_int_equal(after.inuse_pages, before.inuse_pages);
+    }
+    assert_true(tried);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -646,6 +678,7 @@ int main(void)
         cmocka_unit_test_teardown(allocator_still_works, cleanup),
         cmocka_unit_test_teardown(address_space_limit, cleanup),
         cmocka_unit_test_teardown(madvise_failure, cleanup),
+        cmocka_unit_test_teardown(aligned_failure_coalesces, cleanup),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -9,6 +9,9 @@
  * 2. A block allocated before fork can be freed in the child and, separately,
  *    in the parent.
  * 3. Fork from a thread other than the main one.
+ * 0. Fork while another thread is inside the first-time initialisation.
+ * 4. Fork, 300 times, while another thread keeps releasing a large idle
+ *    heap: nothing it had detached is lost to the child.
  *
  * The child never returns into cmocka: it checks with its own macro and
  * reports through its exit status.  The parent waits with a 30 s alarm as a
@@ -23,10 +26,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sched.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include "test_helpers.h"
+#include "internal.h"
 
 #if __has_include(<valgrind/valgrind.h>)
 #include <valgrind/valgrind.h>
@@ -570,13 +575,276 @@ static void fork_from_a_secondary_thread(void **state)
     assert_int_equal(end.heap_objects, base.heap_objects);
 }
 
+/* ---- Fork while another thread runs the first-time initialisation (issue
+ * 14).  Runs first: nothing may have been allocated when initialisation is
+ * started over in a child (it draws new link keys). */
+
+static int pause_pipe[2];
+
+static void pause_in_init(void)
+{
+    char c;
+    ssize_t got = read(pause_pipe[0], &c, 1);
+    (void)got;
+}
+
+static void *init_thread(void *arg)
+{
+    (void)arg;
+    sa_init_slow();
+    return NULL;
+}
+
+static void fork_during_first_init(void **state)
+{
+    (void)state;
+    pid_t child = fork();
+    assert_true(child >= 0);
+    if (child == 0) {
+        /* This process starts its initialisation again, held half-way. */
+        atomic_store(&sa_init_state, 0);
+        if (pipe(pause_pipe) != 0)
+            _exit(90);
+        sa_init_pause_hook = pause_in_init;
+        pthread_t t;
+        if (pthread_create(&t, NULL, init_thread, NULL) != 0)
+            _exit(91);
+        while (atomic_load(&sa_init_state) == 0)
+            sched_yield(); /* until the thread is inside */
+        pid_t g = fork();
+        if (g == 0) {
+            alarm(20); /* a child spinning forever dies of SIGALRM */
+            sa_init_pause_hook = NULL;
+            char *p = spanalloc_malloc(100);
+            if (p == NULL || atomic_load(&sa_init_state) != 2)
+                _exit(3);
+            memset(p, 1, 100);
+            spanalloc_free(p);
+            _exit(0);
+        }
+        int st = 0;
+        waitpid(g, &st, 0);
+        ssize_t put = write(pause_pipe[1], "x", 1);
+        (void)put;
+        pthread_join(t, NULL);
+        _exit(WIFEXITED(st) ? WEXITSTATUS(st) : 100 + WTERMSIG(st));
+    }
+    int status;
+    assert_int_equal(waitpid(child, &status, 0), child);
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 0); /* 100 + SIGALRM: the child spun */
+}
+
+/* ---- Fork while another thread releases memory (issue 14).
+ * The releasing thread detaches idle spans and releases them without the
+ * heap lock; a fork in that window must not lose them: in every child,
+ * after free_os_memory(), every idle byte is released (heap_idle ==
+ * heap_released) and the invariants hold. */
+static atomic_bool release_stop;
+
+static void *release_loop(void *arg)
+{
+    (void)arg;
+    const size_t len = 48u << 20;
+    while (!atomic_load(&release_stop)) {
+        char *p = spanalloc_malloc(len);
+        if (p == NULL)
+            break;
+        for (size_t i = 0; i < len; i += 4096) /* make every page resident */
+            p[i] = 1;
+        spanalloc_free(p);
+        free_os_memory();
+    }
+    return NULL;
+}
+
+static void fork_while_another_thread_releases(void **state)
+{
+    (void)state;
+    SKIP_UNDER_MEMCHECK();
+    atomic_store(&release_stop, false);
+    sigset_t alrm, old;
+    sigemptyset(&alrm);
+    sigaddset(&alrm, SIGALRM);
+    pthread_sigmask(SIG_BLOCK, &alrm, &old);
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, release_loop, NULL), 0);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    int failures = 0, forks = 300;
+    for (int i = 0; i < forks; i++) {
+        pid_t pid = fork_plain();
+        assert_true(pid >= 0);
+        if (pid == 0) {
+            free_os_memory();
+            struct mem_stats st;
+            read_mem_stats(&st);
+            child_check_invariants(&st);
+            CHILD_CHECK_EQ(st.heap_idle, st.heap_released);
+            _exit(0);
+        }
+        int status = wait_child(pid);
+        failures += !(status != -1 && WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    }
+    atomic_store(&release_stop, true);
+    assert_int_equal(pthread_join(t, NULL), 0);
+    assert_int_equal(failures, 0);
+    free_os_memory();
+    struct mem_stats end = stats_now();
+    assert_stats_invariants(&end);
+    assert_int_equal(end.heap_idle, end.heap_released);
+}
+
+/* ---- Fork while a thread carries empty spans from a class to the heap.
+ * sa_mcentral_release drops the class lock before it hands the spans that
+ * became empty to the heap; a fork in between must wait for the carrier
+ * (the child has no carrier).  The carrier is held in that window by a test
+ * hook until fork_prepare says it is waiting (or, on a build without the
+ * wait, until fork returned). */
+static int carry_pipe[2];
+static atomic_bool carrier_paused, fork_returned;
+
+static void pause_carrier(void)
+{
+    atomic_store(&carrier_paused, true);
+    char c;
+    ssize_t got = read(carry_pipe[0], &c, 1);
+    (void)got;
+}
+
+static void *carrier(void *arg)
+{
+    void *block = arg;
+    sa_mcentral_release(sa_size_class(32768), block); /* its span becomes empty */
+    return NULL;
+}
+
+static void *releaser(void *arg)
+{
+    (void)arg;
+    while (!atomic_load(&sa_mcentral_fork_waiting) && !atomic_load(&fork_returned))
+        sched_yield();
+    ssize_t put = write(carry_pipe[1], "x", 1);
+    (void)put;
+    return NULL;
+}
+
+static void fork_while_empty_spans_are_carried(void **state)
+{
+    (void)state;
+    unsigned cls = sa_size_class(32768);
+    void *block;
+    assert_int_equal(sa_mcentral_fill(cls, 1, &block), 1);
+    struct sa_span *s = sa_pagemap_lookup((uintptr_t)block);
+    assert_non_null(s);
+    assert_int_equal(s->nelems, 1); /* one object: releasing it empties the span */
+    uintptr_t base = s->base;
+    assert_int_equal(pipe(carry_pipe), 0);
+    atomic_store(&carrier_paused, false);
+    atomic_store(&fork_returned, false);
+    sa_mcentral_chain_hook = pause_carrier;
+    sigset_t alrm, old;
+    sigemptyset(&alrm);
+    sigaddset(&alrm, SIGALRM);
+    pthread_sigmask(SIG_BLOCK, &alrm, &old);
+    pthread_t c, r;
+    assert_int_equal(pthread_create(&c, NULL, carrier, block), 0);
+    while (!atomic_load(&carrier_paused))
+        sched_yield();
+    assert_int_equal(pthread_create(&r, NULL, releaser, NULL), 0);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    pid_t pid = fork_plain();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        /* The span went back to the heap before the fork: no page of it
+         * maps to a span still in use. */
+        struct sa_span *now = sa_pagemap_lookup(base);
+        CHILD_CHECK(now == NULL || now->state == SA_SPAN_FREE);
+        _exit(0);
+    }
+    atomic_store(&fork_returned, true);
+    int status = wait_child(pid);
+    assert_int_equal(pthread_join(c, NULL), 0);
+    assert_int_equal(pthread_join(r, NULL), 0);
+    sa_mcentral_chain_hook = NULL;
+    close(carry_pipe[0]);
+    close(carry_pipe[1]);
+    assert_child_succeeded(status);
+}
+
+/* ---- Fork while parked batches are drained back into their spans.
+ * A thread loops: take a batch (fill), park it in a transfer slot, drain the
+ * slots.  It records in `holding` whether it has a batch in its own hands
+ * (from before fill until the batch is parked); at any other moment every
+ * block is in a span or parked, so in a child forked then, after
+ * free_os_memory(), the batch's span must be back in the heap. */
+static atomic_bool drain_stop, holding;
+static void *_Atomic probe_block;
+
+static void *park_and_drain(void *arg)
+{
+    (void)arg;
+    unsigned cls = sa_size_class(20480);
+    while (!atomic_load(&drain_stop)) {
+        atomic_store(&holding, true);
+        void *head;
+        uint32_t got = sa_mcentral_fill(cls, 8, &head);
+        if (got == 0)
+            break;
+        atomic_store(&probe_block, head);
+        sa_mcentral_release_batch(cls, head, got);
+        atomic_store(&holding, false);
+        sa_mcentral_drain_transfer();
+    }
+    return NULL;
+}
+
+static void fork_while_batches_are_drained(void **state)
+{
+    (void)state;
+    SKIP_UNDER_MEMCHECK();
+    free_os_memory(); /* this thread's cached blocks back in their spans */
+    atomic_store(&drain_stop, false);
+    atomic_store(&probe_block, NULL);
+    sigset_t alrm, old;
+    sigemptyset(&alrm);
+    sigaddset(&alrm, SIGALRM);
+    pthread_sigmask(SIG_BLOCK, &alrm, &old);
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, park_and_drain, NULL), 0);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    while (atomic_load(&probe_block) == NULL)
+        sched_yield();
+    int failures = 0;
+    for (int i = 0; i < 300; i++) {
+        pid_t pid = fork_plain();
+        assert_true(pid >= 0);
+        if (pid == 0) {
+            if (!atomic_load(&holding)) {
+                free_os_memory();
+                struct sa_span *s = sa_pagemap_lookup((uintptr_t)atomic_load(&probe_block));
+                CHILD_CHECK(s == NULL || s->state == SA_SPAN_FREE);
+            }
+            _exit(0);
+        }
+        int status = wait_child(pid);
+        failures += !(status != -1 && WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    }
+    atomic_store(&drain_stop, true);
+    assert_int_equal(pthread_join(t, NULL), 0);
+    assert_int_equal(failures, 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(fork_during_first_init), /* first: nothing allocated yet */
         cmocka_unit_test(fork_while_threads_allocate),
         cmocka_unit_test(many_quick_forks_while_threads_allocate),
         cmocka_unit_test(block_from_before_fork_is_freed_on_both_sides),
         cmocka_unit_test(fork_from_a_secondary_thread),
+        cmocka_unit_test(fork_while_another_thread_releases),
+        cmocka_unit_test(fork_while_empty_spans_are_carried),
+        cmocka_unit_test(fork_while_batches_are_drained),
     };
     return cmocka_run_group_tests_name("fork", tests, NULL, NULL);
 }

@@ -142,6 +142,109 @@ static void released_bitmap_counts_across_leaves(void **state)
     munmap(raw, len);
 }
 
+/* Spans published at the top of every user address space the page map
+ * covers (x86-64 4-level 2^47, arm64 2^48, arm64 LVA 2^52, x86-64 5-level
+ * 2^56) are found again, through the same inline path free() takes; a run
+ * straddling the static root's end works too.  The page map never touches
+ * the addresses themselves, so none of them needs to be mapped. */
+static void spans_at_the_highest_addresses(void **state)
+{
+    (void)state;
+    static struct sa_span spans[6];
+    const uintptr_t tops[] = {(uintptr_t)1 << 47, (uintptr_t)1 << 48, (uintptr_t)1 << 52,
+                              (uintptr_t)1 << 56};
+    bool ensured[5];
+    sa_mheap_lock(); /* no assert while it is held: a failing one jumps out */
+    for (size_t i = 0; i < 4; i++) {
+        uintptr_t base = tops[i] - 2 * SA_ARENA_SIZE; /* the last two arenas */
+        ensured[i] = sa_pagemap_ensure(base, 2 * SA_ARENA_SIZE);
+        if (!ensured[i])
+            continue;
+        struct sa_span *s = &spans[i];
+        s->base = base + SA_ARENA_SIZE - 3 * SA_PAGE_SIZE; /* crosses into the last arena */
+        s->npages = 6;
+        s->state = SA_SPAN_LARGE;
+        sa_pagemap_set(s->base, s->npages, s);
+    }
+    /* Across 2^48, from the static root into the hashed part. */
+    uintptr_t straddle = ((uintptr_t)1 << 48) - 2 * SA_PAGE_SIZE;
+    ensured[4] = sa_pagemap_ensure(straddle, 4 * SA_PAGE_SIZE);
+    spans[4].base = straddle;
+    spans[4].npages = 4;
+    spans[4].state = SA_SPAN_LARGE;
+    if (ensured[4])
+        sa_pagemap_set(straddle, 4, &spans[4]);
+    sa_mheap_unlock();
+    for (size_t i = 0; i < 5; i++)
+        assert_true(ensured[i]);
+
+    for (size_t i = 0; i < 5; i++) {
+        struct sa_span *s = &spans[i];
+        for (size_t p = 0; p < s->npages; p++) {
+            uintptr_t a = s->base + p * SA_PAGE_SIZE + 100;
+            assert_ptr_equal(sa_pagemap_lookup(a), s);
+            uintptr_t bias = sa_pagemap_bias_any(a);
+            assert_true(bias & SA_LEAF_TAG);
+            if (a < ((uintptr_t)1 << SA_ADDR_BITS)) /* free()'s inline lookup */
+                assert_int_equal(sa_pagemap_bias(a), bias);
+            assert_ptr_equal(sa_pagemap_entry(bias, a), s);
+        }
+        /* The pages beside it are in leaves but held by no span. */
+        assert_null(sa_pagemap_lookup(s->base - SA_PAGE_SIZE));
+        assert_null(sa_pagemap_lookup(s->base + s->npages * SA_PAGE_SIZE));
+    }
+    assert_null(sa_pagemap_lookup(((uintptr_t)1 << 56) - 1 - 3 * SA_ARENA_SIZE));
+    assert_null(sa_pagemap_lookup((uintptr_t)1 << 56)); /* beyond every address space */
+    assert_int_equal(sa_pagemap_bias_any((uintptr_t)1 << 56), 0);
+    assert_null(sa_pagemap_lookup(UINTPTR_MAX));
+    /* A free at such an address takes the checked path and is reported as
+     * foreign only when nothing is mapped there: here it is a span's. */
+    assert_ptr_equal(sa_pagemap_lookup(spans[3].base), &spans[3]);
+    sa_mheap_lock();
+    for (size_t i = 0; i < 5; i++)
+        sa_pagemap_set(spans[i].base, spans[i].npages, NULL);
+    sa_mheap_unlock();
+}
+
+/* A leaf mapping that fails leaves nothing behind: for every point at which
+ * the maps start failing, sa_pagemap_ensure either succeeds with a leaf for
+ * every arena or fails with a leaf for none (none resident, none published). */
+static void failed_leaf_mapping_leaves_no_leaf(void **state)
+{
+    (void)state;
+    /* Arenas no other test uses, in the static root and in the hashed part
+     * (the page map never touches the addresses it maps). */
+    const uintptr_t bases[] = {(uintptr_t)1 << 45, (uintptr_t)1 << 50};
+    for (int part = 0; part < 2; part++) {
+        for (int after = 0; after < 3; after++) {
+            uintptr_t range = bases[part] + (uintptr_t)after * 3 * SA_ARENA_SIZE; /* three fresh arenas */
+            /* Asserts only with the heap lock dropped: a failing one jumps out. */
+            sa_mheap_lock();
+            size_t leaves_before = 0;
+            for (int a = 0; a < 3; a++)
+                leaves_before += sa_pagemap_leaf(range + (uintptr_t)a * SA_ARENA_SIZE) != NULL;
+            uint64_t sys_before = sa_pagemap_sys_bytes();
+            atomic_store(&sa_os_fail_maps_after, after);
+            atomic_store(&sa_os_fail_maps, 1);
+            bool ok = sa_pagemap_ensure(range, 3 * SA_ARENA_SIZE);
+            atomic_store(&sa_os_fail_maps, 0);
+            atomic_store(&sa_os_fail_maps_after, 0);
+            size_t leaves = 0;
+            for (int a = 0; a < 3; a++)
+                leaves += sa_pagemap_leaf(range + (uintptr_t)a * SA_ARENA_SIZE) != NULL;
+            uint64_t sys_after = sa_pagemap_sys_bytes();
+            sa_mheap_unlock();
+            assert_int_equal(leaves_before, 0);
+            if (ok) {
+                assert_int_equal(leaves, 3);
+            } else {
+                assert_int_equal(leaves, 0);
+                assert_int_equal(sys_after, sys_before);
+            }
+        }
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -150,6 +253,8 @@ int main(void)
         cmocka_unit_test(free_span_maps_only_its_ends),
         cmocka_unit_test(unheld_pages_map_to_the_none_span),
         cmocka_unit_test(released_bitmap_counts_across_leaves),
+        cmocka_unit_test(spans_at_the_highest_addresses),
+        cmocka_unit_test(failed_leaf_mapping_leaves_no_leaf),
     };
     return cmocka_run_group_tests_name("pagemap", tests, NULL, NULL);
 }

@@ -17,7 +17,7 @@
  *   3 calloc       slot count size   10 free_sized   slot
  *   4 aligned_alloc slot align size  11 realloc in place: slot, size near usable
  *   5 posix_memalign slot align size
- *   6 free_os_memory
+ *   6 free_os_memory  12 impossible size: slot which size-byte (see op_huge)
  * An align byte below 0x80 asks for 2^(3 + b % 18) (8 B .. 1 MiB); from 0x80
  * on, b - 0x80 itself (mostly invalid: EINVAL is expected then).  A count of
  * 255 asks for an overflowing product (ENOMEM is expected).
@@ -354,6 +354,40 @@ static void check_stats(bool after_release)
 
 /* One thread: no background scavenger releasing spans behind the model's
  * back (its detached chunk would make heap_released lag for a moment). */
+/* Sizes no machine backs (more than any RAM + swap, or past PTRDIFF_MAX):
+ * every entry point fails with ENOMEM at once and nothing changes, the
+ * slot's block (realloc's argument) included. */
+static void op_huge(struct slot *s, uint8_t which, uint8_t size_byte)
+{
+    static const size_t huge[] = {(size_t)1 << 42, (size_t)20 << 40, (size_t)1 << 47,
+                                  (size_t)PTRDIFF_MAX, (size_t)PTRDIFF_MAX + 1, SIZE_MAX - 4095,
+                                  SIZE_MAX};
+    size_t n = huge[size_byte % (sizeof(huge) / sizeof(huge[0]))];
+    struct mem_stats before;
+    read_mem_stats(&before);
+    void *p = NULL, *out = s;
+    int rc = 0;
+    errno = 0;
+    switch (which % 6) {
+    case 0: p = spanalloc_malloc(n); break;
+    case 1: p = spanalloc_calloc(1, n); break;
+    case 2: p = spanalloc_aligned_alloc(4096, n); break;
+    case 3: rc = spanalloc_posix_memalign(&out, 64, n); break;
+    case 4: p = s->ptr ? spanalloc_realloc(s->ptr, n) : spanalloc_malloc(n); break;
+    default: p = spanalloc_reallocarray(s->ptr, n / 16 + 1, 16); break;
+    }
+    if (which % 6 == 3)
+        CHECK(rc == ENOMEM && out == s, "posix_memalign(%zu) gave %d", n, rc);
+    else
+        CHECK(p == NULL && errno == ENOMEM, "size %zu gave %p errno %d", n, p, errno);
+    struct mem_stats after;
+    read_mem_stats(&after);
+    CHECK(after.heap_sys == before.heap_sys && after.other_sys == before.other_sys,
+          "size %zu grew the heap", n);
+    if (s->ptr != NULL)
+        check_contents(s, "after an impossible request");
+}
+
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
     (void)argc;
@@ -368,7 +402,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     in = data;
     in_end = data + size;
     while (in < in_end) {
-        uint8_t op = next_byte() % 12;
+        uint8_t op = next_byte() % 13;
         struct slot *s = op == 6 || op == 7 ? NULL : &slots[next_byte()];
         switch (op) {
         case 0:
@@ -424,6 +458,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         case 11:
             op_realloc_near(s, read_size());
             break;
+        case 12: {
+            uint8_t which = next_byte();
+            op_huge(s, which, next_byte());
+            break;
+        }
         }
     }
     for (int i = 0; i < NSLOTS; i++)

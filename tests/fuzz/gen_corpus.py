@@ -5,7 +5,7 @@ import os
 import random
 
 MALLOC, FREE, REALLOC, CALLOC, ALIGNED, MEMALIGN, FREE_OS, STATS, CHECK, \
-    REALLOCARRAY, FREE_SIZED, REALLOC_NEAR = range(12)
+    REALLOCARRAY, FREE_SIZED, REALLOC_NEAR, HUGE = range(13)
 
 
 def size(n):
@@ -90,6 +90,10 @@ for _ in range(400):
     else:
         mixed += op(code, slot)
 seeds["mixed"] = mixed + op(STATS)
+# Sizes no machine backs, through every entry point, beside a live block.
+seeds["huge_sizes"] = op(MALLOC, 3, size(100)) + op(MALLOC, 4, size(200 * 1024)) + \
+    b"".join(op(HUGE, 3 + w % 2, w, n) for w in range(6) for n in range(7)) + \
+    op(CHECK, 3) + op(CHECK, 4) + op(STATS) + op(FREE, 3) + op(FREE, 4) + op(STATS)
 
 out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "corpus")
 os.makedirs(out, exist_ok=True)
