@@ -32,12 +32,12 @@ uint64_t sa_stats_limited_bytes(void)
 void read_mem_stats(struct mem_stats *out)
 {
     uint64_t mallocs[SA_NUM_CLASSES], frees[SA_NUM_CLASSES];
-    uint64_t caches_live, caches_sys;
+    uint64_t caches_inuse, caches_sys;
     struct sa_heap_counters h;
 
     sa_ensure_init();
     memset(out, 0, sizeof(*out));
-    sa_mcache_fold_stats(mallocs, frees, &caches_live, &caches_sys);
+    sa_mcache_fold_stats(mallocs, frees, &caches_inuse, &caches_sys);
     sa_mheap_read(&h);
 
     uint64_t small_alloc = 0, small_total = 0;
@@ -63,7 +63,7 @@ void read_mem_stats(struct mem_stats *out)
 
     out->mspan_inuse = h.span_records * sizeof(struct sa_span);
     out->mspan_sys = h.span_records_sys;
-    out->mcache_inuse = caches_live * sizeof(struct sa_mcache);
+    out->mcache_inuse = caches_inuse; /* the slabs of live threads and set-up CPUs */
     out->mcache_sys = caches_sys;
     out->other_sys = h.pagemap_sys + sa_mcentral_sys_bytes();
     out->sys = out->heap_sys + out->mspan_sys + out->mcache_sys + out->other_sys;
