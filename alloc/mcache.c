@@ -490,8 +490,7 @@ void sa_mcache_free_slow(void *block, const struct sa_span *s)
             sa_percpu_prepare_current();
         uint32_t cap = class_cap(cls, true);
         for (int attempt = 0; attempt < 2; attempt++) {
-            uintptr_t seal = (uintptr_t)block ^ sa_mark_key;
-            SA_SLAB_PUSH_MARKED(off, block, seal, full);
+            SA_SLAB_PUSH_MARKED(off, block, full);
             return;
         full:
             if (attempt == 0)

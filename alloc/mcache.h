@@ -19,7 +19,7 @@ void sa_free_not_small(void *ptr, struct sa_span *s);
 
 /* A cached block carries the free mark (word 1 = word 0 ^ address ^
  * mark_key, written by free): it is checked before the block is handed out,
- * so a write after free into a cached block is reported, then cleared so
+ * so a write after free into a cached block is reported, and cleared so
  * that the next free of the block is not taken for a double free. */
 static inline void *sa_mcache_alloc(size_t list_off)
 {
@@ -27,9 +27,17 @@ static inline void *sa_mcache_alloc(size_t list_off)
     char *slab;
     SA_SLAB_POP(list_off, 0xffff, block, slab, empty);
     (void)slab;
-    if (SA_UNLIKELY((block[1] ^ (uintptr_t)block ^ sa_mark_key) != block[0]))
+    /* word 1 ^= word 0 ^ address ^ key: 0 (no longer free) iff the mark was
+     * intact; one instruction does the check's compare and the clearing. */
+    uintptr_t expect = block[0] ^ (uintptr_t)block ^ sa_mark_key;
+    bool broken;
+#if defined(__x86_64__)
+    __asm__("xorq %[e], %[w]" : [w] "+m"(block[1]), "=@ccnz"(broken) : [e] "r"(expect));
+#else
+    broken = (block[1] ^= expect) != 0;
+#endif
+    if (SA_UNLIKELY(broken))
         return sa_mcache_bad_block(block);
-    block[1] = 0; /* no longer free */
     return block;
 empty:
     return sa_mcache_alloc_slow((unsigned)(list_off >> SA_LIST_SHIFT));
@@ -39,8 +47,7 @@ empty:
  * current slab; the double-free check and the mark are in the section. */
 static inline void sa_mcache_free(void *block, struct sa_span *s)
 {
-    uintptr_t seal = (uintptr_t)block ^ sa_mark_key;
-    SA_SLAB_PUSH_MARKED(s->list_off, block, seal, full);
+    SA_SLAB_PUSH_MARKED(s->list_off, block, full);
     return;
 full: /* or a double free: the slow path checks and reports */
     sa_mcache_free_slow(block, s);

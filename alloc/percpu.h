@@ -175,8 +175,8 @@ static inline void **sa_slab_slots(char *slab)
     } while (0)
 
 /* free's push: also the double-free check and the free mark, inside the
- * section (word 1 gets word 0 ^ SEAL, SEAL = address ^ sa_mark_key: the
- * mark sa_block_is_free recognises).  A block already carrying the mark
+ * section (word 1 gets word 0 ^ address ^ sa_mark_key: the mark
+ * sa_block_is_free recognises).  A block already carrying the mark
  * goes to `full` like a full class: the slow path checks again and reports.
  * The mark is read after the room check, so that a slab without room (the
  * zero slab under valgrind) never reads user memory.  Scratch: rax (slab),
@@ -192,14 +192,15 @@ static inline void **sa_slab_slots(char *slab)
     "cmpw 10(%%rax,%[off]), %%cx\n\t"                                           \
     "jae %l[" #full_ "]\n\t"                                                    \
     "movq (%[blk]), %%r11\n\t"                                                  \
-    "xorq %[seal], %%r11\n\t"
+    "xorq %[blk], %%r11\n\t"                                                    \
+    "xorq sa_mark_key(%%rip), %%r11\n\t"
 
 #define SA_PUSH_MARKED_COMMIT                                                   \
     "movq %%r11, 8(%[blk])\n\t"                                                 \
     "movq %[blk], (%%rax,%%rcx,8)\n\t"                                          \
     "addq $1, (%%rax,%[off])\n\t"
 
-#define SA_SLAB_PUSH_MARKED(off_, block_, seal_, full_)                        \
+#define SA_SLAB_PUSH_MARKED(off_, block_, full_)                               \
     __asm__ goto("0:\n\t" SA_RSEQ_START("3f", "1", "%%rax", "%%eax")           \
                  SA_PUSH_MARKED_BODY(full_)                                \
                  "cmpq %%r11, 8(%[blk])\n\t"                                    \
@@ -217,7 +218,7 @@ static inline void **sa_slab_slots(char *slab)
                  SA_RSEQ_DESC("8", "7b", "9b", "10b")                           \
                  : /* none */                                                   \
                  : [area] "r"(sa_tls.cpu), [off] "r"((uintptr_t)(off_)),        \
-                   [base] "r"(sa_tls.table), [blk] "r"(block_), [seal] "r"(seal_) \
+                   [base] "r"(sa_tls.table), [blk] "r"(block_)                  \
                  : "memory", "cc", "rax", "rcx", "r11"                          \
                  : full_)
 
@@ -255,12 +256,12 @@ static inline char *sa_slab_current(void)
         (slab_out) = sa_s_;                                                     \
     } while (0)
 
-#define SA_SLAB_PUSH_MARKED(off, block, seal, full)                             \
+#define SA_SLAB_PUSH_MARKED(off, block, full)                                   \
     do {                                                                        \
         char *sa_ign_;                                                          \
         SA_SLAB_PUSH_BODY(off, block, sa_ign_, full, {                          \
             uintptr_t *sa_b_ = (uintptr_t *)(block);                            \
-            uintptr_t sa_mark_ = sa_b_[0] ^ (seal);                             \
+            uintptr_t sa_mark_ = sa_b_[0] ^ (uintptr_t)sa_b_ ^ sa_mark_key;     \
             if (SA_UNLIKELY(sa_b_[1] == sa_mark_))                              \
                 goto full;                                                      \
             sa_b_[1] = sa_mark_;                                                \
