@@ -184,13 +184,17 @@ static inline void **sa_slab_slots(char *slab)
  *
  * Restarted, the section may find the mark it wrote itself before it was
  * interrupted: the abort handler goes to a copy of the section without the
- * check (labels 6-10, a section of its own).  A double free that a
- * preemption catches inside the window goes unreported: the check is best
- * effort, as it is for two threads freeing one block at once. */
-#define SA_PUSH_MARKED_BODY(full_)                                       \
+ * check (labels 6-10, a section of its own).  If the copy finds no room
+ * (the CPU's slab was swapped out by a drain meanwhile) it clears word 1
+ * before going to the slow path, which would otherwise take its own mark
+ * for a double free.  A double free that a preemption catches inside the
+ * window goes unreported there (or is reported later as a corrupted block):
+ * the check is best effort, as it is for two threads freeing one block at
+ * once. */
+#define SA_PUSH_MARKED_BODY(full)                                               \
     "movzwl (%%rax,%[off]), %%ecx\n\t"                                          \
     "cmpw 10(%%rax,%[off]), %%cx\n\t"                                           \
-    "jae %l[" #full_ "]\n\t"                                                    \
+    "jae " full "\n\t"                                                          \
     "movq (%[blk]), %%r11\n\t"                                                  \
     "xorq %[blk], %%r11\n\t"                                                    \
     "xorq sa_mark_key(%%rip), %%r11\n\t"
@@ -202,17 +206,20 @@ static inline void **sa_slab_slots(char *slab)
 
 #define SA_SLAB_PUSH_MARKED(off_, block_, full_)                               \
     __asm__ goto("0:\n\t" SA_RSEQ_START("3f", "1", "%%rax", "%%eax")           \
-                 SA_PUSH_MARKED_BODY(full_)                                \
+                 SA_PUSH_MARKED_BODY("%l[" #full_ "]")                          \
                  "cmpq %%r11, 8(%[blk])\n\t"                                    \
                  "je %l[" #full_ "]\n\t"                                        \
                  SA_PUSH_MARKED_COMMIT                                          \
                  SA_RSEQ_EPILOGUE_TO("6f")                                      \
                  ".pushsection .text.unlikely.sa_rseq, \"ax\"\n\t"              \
                  "6:\n\t" SA_RSEQ_START("8f", "7", "%%rax", "%%eax")            \
-                 SA_PUSH_MARKED_BODY(full_)                                \
+                 SA_PUSH_MARKED_BODY("11f")                                     \
                  SA_PUSH_MARKED_COMMIT                                          \
                  "9:\n\t"                                                       \
                  "jmp 2b\n\t"                                                   \
+                 "11:\n\t"                                                      \
+                 "movq $0, 8(%[blk])\n\t"                                       \
+                 "jmp %l[" #full_ "]\n\t"                                       \
                  SA_RSEQ_ABORT("10", "6b")                                      \
                  ".popsection\n\t"                                              \
                  SA_RSEQ_DESC("8", "7b", "9b", "10b")                           \
