@@ -31,7 +31,7 @@ static inline void *sa_mcache_alloc(size_t list_off)
      * intact; one instruction does the check's compare and the clearing. */
     uintptr_t expect = block[0] ^ (uintptr_t)block ^ sa_mark_key;
     bool broken;
-#if defined(__x86_64__)
+#if defined(SA_PERCPU_ASM)
     __asm__("xorq %[e], %[w]" : [w] "+m"(block[1]), "=@ccnz"(broken) : [e] "r"(expect));
 #else
     broken = (block[1] ^= expect) != 0;

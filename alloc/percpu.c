@@ -53,6 +53,7 @@ static long membarrier(int cmd, unsigned flags, int cpu)
     return syscall(__NR_membarrier, cmd, flags, cpu);
 }
 
+#if defined(SA_PERCPU_ASM)
 /* The highest possible CPU + 1, from the kernel's list ("0-1", "0,2-5"),
  * read without stdio (no malloc on this path). */
 static unsigned possible_cpus(void)
@@ -85,6 +86,7 @@ static unsigned possible_cpus(void)
         max = v + 1;
     return max;
 }
+#endif
 
 static bool setup(void)
 {
