@@ -290,6 +290,8 @@ void *sa_mcache_alloc_slow(unsigned cls);
 /* A free block whose seal is broken: reports and aborts.  Not declared
  * noreturn, so that malloc reaches it with a jump and keeps no stack frame. */
 SA_COLD void *sa_mcache_bad_block(void *block);
+/* malloc's pop failed (it yields the poison block) or its mark check did. */
+SA_COLD void *sa_mcache_alloc_miss(void *block, size_t list_off);
 void sa_mcache_free_slow(void *block, const struct sa_span *s);
 /* free_os_memory and the memory limit: every CPU's cache and the calling
  * thread's own. */

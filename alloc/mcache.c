@@ -429,6 +429,15 @@ static void *refill(unsigned cls)
     return first;
 }
 
+uintptr_t sa_poison_block[2] = {0, 1};
+
+void *sa_mcache_alloc_miss(void *block, size_t list_off)
+{
+    if (block == (void *)sa_poison_block)
+        return sa_mcache_alloc_slow((unsigned)(list_off >> SA_LIST_SHIFT));
+    return sa_mcache_bad_block(block);
+}
+
 void *sa_mcache_bad_block(void *block)
 {
     sa_report("corrupted free block (written after free)", block,

@@ -24,23 +24,34 @@ void sa_free_not_small(void *ptr, struct sa_span *s);
 static inline void *sa_mcache_alloc(size_t list_off)
 {
     uintptr_t *block;
+#if defined(SA_PERCPU_ASM)
+    SA_SLAB_POP_MALLOC(list_off, block);
+#else
     char *slab;
     SA_SLAB_POP(list_off, 0xffff, block, slab, empty);
     (void)slab;
+#endif
     /* word 1 ^= word 0 ^ address ^ key: 0 (no longer free) iff the mark was
      * intact; one instruction does the check's compare and the clearing. */
-    uintptr_t expect = block[0] ^ (uintptr_t)block ^ sa_mark_key;
     bool broken;
 #if defined(SA_PERCPU_ASM)
-    __asm__("xorq %[e], %[w]" : [w] "+m"(block[1]), "=@ccnz"(broken) : [e] "r"(expect));
+    uintptr_t t;
+    __asm__("movq %[w0], %[t]\n\t"
+            "xorq %[b], %[t]\n\t"
+            "xorq sa_mark_key(%%rip), %[t]\n\t"
+            "xorq %[t], %[w1]"
+            : [w1] "+m"(block[1]), [t] "=&r"(t), "=@ccnz"(broken), [b] "+r"(block)
+            : [w0] "m"(block[0]));
 #else
-    broken = (block[1] ^= expect) != 0;
+    broken = (block[1] ^= block[0] ^ (uintptr_t)block ^ sa_mark_key) != 0;
 #endif
     if (SA_UNLIKELY(broken))
-        return sa_mcache_bad_block(block);
+        return sa_mcache_alloc_miss(block, list_off); /* empty, or corrupted */
     return block;
+#if !defined(SA_PERCPU_ASM)
 empty:
     return sa_mcache_alloc_slow((unsigned)(list_off >> SA_LIST_SHIFT));
+#endif
 }
 
 /* Push a small block (checked to be an object start of span s) onto the

@@ -60,6 +60,10 @@ extern __thread struct sa_tls_cache sa_tls __attribute__((tls_model("initial-exe
 extern struct sa_rseq_view sa_fake_rseq;
 extern const struct sa_slab_class sa_zero_slab[SA_NUM_CLASSES];
 extern char *const sa_zero_table[1];
+/* What malloc's pop yields when it fails (alloc/mcache.h): two words whose
+ * mark check can never pass.  Word 1 is XORed by every failed pop with the
+ * same value, so it only ever takes two values, both nonzero. */
+extern uintptr_t sa_poison_block[2];
 
 static inline struct sa_slab_class *sa_slab_class_at(char *slab, size_t list_off)
 {
@@ -152,6 +156,31 @@ static inline void **sa_slab_slots(char *slab)
                  : "memory");                                                   \
         if (SA_UNLIKELY(sa_fail_))                                              \
             goto empty_;                                                        \
+    } while (0)
+
+/* malloc's pop: as SA_SLAB_POP with a malloc counted, but a failed pop
+ * leaves `result` = sa_poison_block instead of setting a flag, so that the
+ * caller's mark check (which fails on it) is the only branch: the miss path
+ * tells the poison block from a corrupted one. */
+#define SA_SLAB_POP_MALLOC(off_, result_)                                      \
+    do {                                                                        \
+        uintptr_t sa_cur_, sa_slab_;                                            \
+        __asm__ volatile(SA_RSEQ_PROLOGUE("%[slab]", "%k[slab]")                \
+                 "movzwl (%[slab],%[off]), %k[cur]\n\t"                         \
+                 "cmpw 8(%[slab],%[off]), %w[cur]\n\t"                          \
+                 "jbe 5f\n\t"                                                   \
+                 "movq -8(%[slab],%[cur],8), %[res]\n\t"                        \
+                 "addq $0xffff, (%[slab],%[off])\n\t"                           \
+                 SA_RSEQ_EPILOGUE_TO("0b")                                      \
+                 ".pushsection .text.unlikely.sa_rseq, \"ax\"\n\t"              \
+                 "5:\n\t"                                                       \
+                 "leaq sa_poison_block(%%rip), %[res]\n\t"                      \
+                 "jmp 2b\n\t"                                                   \
+                 ".popsection\n\t"                                              \
+                 : [res] "=&a"(result_), [slab] "=&r"(sa_slab_), [cur] "=&r"(sa_cur_) \
+                 : [area] "r"(sa_tls.cpu), [off] "r"((uintptr_t)(off_)),        \
+                   [base] "r"(sa_tls.table)                                     \
+                 : "memory", "cc");                                             \
     } while (0)
 
 /* Push a block that already carries its mark (slow paths: refills). */
