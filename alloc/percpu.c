@@ -225,15 +225,6 @@ static void drain_locked(unsigned cpu)
     cpus[cpu].activity = activity_of(slab);
 }
 
-void sa_percpu_drain_cpu(unsigned cpu)
-{
-    if (!sa_percpu_enabled())
-        return;
-    pthread_mutex_lock(&drain_lock);
-    drain_locked(cpu);
-    pthread_mutex_unlock(&drain_lock);
-}
-
 void sa_percpu_drain_all(void)
 {
     if (!sa_percpu_enabled())

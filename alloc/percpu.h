@@ -30,9 +30,8 @@
 
 #include "internal.h"
 
-#define SA_SLAB_SHIFT 17 /* a slab is at most 128 KiB */
+#define SA_SLAB_SHIFT 17 /* the layout keeps a slab within 128 KiB */
 #define SA_SLAB_CUR_MASK ((uint64_t)0xffff)
-#define SA_SLAB_MALLOC_ONE ((uint64_t)1 << 16)
 
 struct sa_slab_class {
     uint64_t word;             /* cur | mallocs << 16: committed by the sections */
@@ -327,8 +326,6 @@ void sa_percpu_drain_all(void);
 /* Scavenger hook: drain the slab of each CPU that did no cache operation
  * since the previous call.  Returns the number of CPU caches drained. */
 unsigned sa_percpu_drain_idle(void);
-/* Drain one CPU's slab (tests). */
-void sa_percpu_drain_cpu(unsigned cpu);
 unsigned sa_percpu_cpus_ready(void);
 unsigned sa_percpu_ncpus(void);
 char *sa_percpu_slab_of(unsigned cpu); /* NULL unless set up */
@@ -347,7 +344,7 @@ uint16_t sa_slab_region_cap(unsigned cls);
 /* Fold one slab's counters in; `seen` is updated, so callers serialise. */
 void sa_slab_fold(char *slab, uint64_t *mallocs, uint64_t *frees);
 /* Every block of every class back to the mcentrals.  The caller owns the
- * slab exclusively (its thread, or a closed and fenced CPU slab). */
+ * slab exclusively (its thread, or a CPU slab swapped out and fenced). */
 void sa_slab_flush_exclusive(char *slab);
 
 #endif /* SPANALLOC_PERCPU_H */

@@ -1,11 +1,12 @@
 /*
  * stats.c: read_mem_stats and its text and JSON renderings.
  *
- * Counting costs the fast path nothing shared: each thread counts its own
- * mallocs and frees per size class in its cache (plain stores), and a read
- * folds them in, with the counts of exited threads and the heap's own
- * counters.  A read takes the registry lock and the heap lock briefly, never
- * stops another thread, and costs O(threads + classes).  Byte figures are
+ * Counting costs the fast path nothing extra: each cache (a CPU's, or a
+ * thread's in the fallback) counts mallocs per size class in the word its
+ * pop commits, frees are derived from its count, and a read folds them in
+ * (sa_mcache_fold_stats), with the counts of exited threads and the heap's
+ * own counters.  A read takes the registry lock and the heap lock briefly,
+ * never stops another thread, and costs O(CPUs + fallback threads + classes).  Byte figures are
  * derived from counts: heap_alloc = sum over classes of (mallocs - frees) *
  * size, plus the pages of live large objects.  The invariants of
  * docs/api.md hold exactly whenever no other thread is allocating.
