@@ -317,6 +317,40 @@ static void cpu_caches_stay_bounded(void **state)
         assert_true(sa_percpu_cpus_ready() <= (unsigned)sysconf(_SC_NPROCESSORS_CONF));
 }
 
+/* Fallback slow start: a thread that used a class once holds a block or two
+ * of it, not a batch; one that uses it hard grows to the full capacity. */
+static uint64_t slow_start_once, slow_start_busy;
+
+static void *slow_start_thread(void *arg)
+{
+    (void)arg;
+    unsigned cls = sa_size_class(208);
+    uint64_t before = sa_mcache_held_blocks(cls);
+    spanalloc_free(spanalloc_malloc(208));
+    slow_start_once = sa_mcache_held_blocks(cls) - before;
+    static void *b[400];
+    for (int round = 0; round < 4; round++) {
+        for (int i = 0; i < 400; i++)
+            b[i] = spanalloc_malloc(208);
+        for (int i = 0; i < 400; i++)
+            spanalloc_free(b[i]);
+    }
+    slow_start_busy = sa_mcache_held_blocks(cls) - before;
+    return NULL;
+}
+
+static void fallback_caches_start_small(void **state)
+{
+    (void)state;
+    if (percpu_expected())
+        skip(); /* CPU caches start full: they are few and shared */
+    if (RUNNING_ON_VALGRIND)
+        skip(); /* no caches at all under memcheck */
+    run_thread(slow_start_thread);
+    assert_true(slow_start_once <= 2);
+    assert_true(slow_start_busy > sa_mcache_list_cap(sa_size_class(208)) / 2); /* grew past half */
+}
+
 /* ---- Probes in a fresh process */
 
 /* Child: pinned to CPU 0, threads allocate; prints the mode and the CPUs
@@ -458,6 +492,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(thread_exit_needs_no_flush),
         cmocka_unit_test(idle_cpu_caches_are_drained),
         cmocka_unit_test(cpu_caches_stay_bounded),
+        cmocka_unit_test(fallback_caches_start_small),
         cmocka_unit_test(memory_follows_the_cpus_used),
         cmocka_unit_test(no_rseq_means_fallback),
         cmocka_unit_test(fork_child_keeps_the_cpu_caches),
