@@ -194,13 +194,14 @@ uint64_t sa_percpu_sys_bytes(void)
     return (uint64_t)sa_percpu_cpus_ready() * sa_slab_bytes();
 }
 
-/* Restart every section running on (or preempted on) `cpu`. */
-static void fence(unsigned cpu)
+/* Restart every section running on (or preempted on) `cpu`; false if the
+ * kernel refused (then nothing may touch that CPU's slab but its threads). */
+static bool fence(unsigned cpu)
 {
     if (fence_per_cpu)
-        membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ, MEMBARRIER_CMD_FLAG_CPU, (int)cpu);
-    else
-        membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ, 0, 0);
+        return membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ, MEMBARRIER_CMD_FLAG_CPU,
+                          (int)cpu) == 0;
+    return membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED_RSEQ, 0, 0) == 0;
 }
 
 static uint64_t activity_of(char *slab)
@@ -219,8 +220,8 @@ static void drain_locked(unsigned cpu)
     if (slab == NULL)
         return;
     __atomic_store_n(&table[cpu], (char *)sa_zero_slab, __ATOMIC_SEQ_CST);
-    fence(cpu);
-    sa_slab_flush_exclusive(slab);
+    if (fence(cpu))
+        sa_slab_flush_exclusive(slab);
     __atomic_store_n(&table[cpu], slab, __ATOMIC_RELEASE);
     cpus[cpu].activity = activity_of(slab);
 }
