@@ -35,7 +35,10 @@
 #define SA_CACHE_CLASS_BYTES ((uint32_t)32 << 10)
 #define SA_CACHE_CAP_MAX 2048
 #define SA_CACHE_CHUNK ((size_t)64 << 10)
-#define SA_SLAB_CHUNK ((size_t)1 << 20) /* address space; pages touched as used */
+/* Fallback slabs come 32 to a mapping (2.2 MiB of address space; pages are
+ * touched as slots are used), so that a pool of a few dozen threads that
+ * come and go reuses one mapping. */
+#define SA_SLABS_PER_CHUNK 32
 #define SA_SLOW_START_CAP 1
 
 enum tls_state { TLS_NONE = 0, TLS_CREATING, TLS_ACTIVE, TLS_PERCPU, TLS_DEAD };
@@ -217,12 +220,12 @@ static struct sa_thread_cache *record_new(void)
             caches_sys_bytes += SA_CACHE_CHUNK;
         }
         if (slab_chunk_cursor == NULL || slab_chunk_cursor + slab_bytes > slab_chunk_end) {
-            char *chunk = sa_os_map(SA_SLAB_CHUNK, 0);
+            char *chunk = sa_os_map(SA_SLABS_PER_CHUNK * slab_bytes, 0);
             if (chunk == NULL)
                 return NULL;
             slab_chunk_cursor = chunk;
-            slab_chunk_end = chunk + SA_SLAB_CHUNK;
-            caches_sys_bytes += SA_SLAB_CHUNK;
+            slab_chunk_end = chunk + SA_SLABS_PER_CHUNK * slab_bytes;
+            caches_sys_bytes += SA_SLABS_PER_CHUNK * slab_bytes;
         }
         char *slab = slab_chunk_cursor;
         slab_chunk_cursor += slab_bytes;
