@@ -11,13 +11,18 @@
 
 void *sa_malloc_large(size_t size, size_t align);
 
+/* One inlined copy of the cache pop for both lookups: two copies would end
+ * in one shared return, costing the fast path a register move. */
 static inline void *sa_malloc_inline(size_t size)
 {
+    size_t list_off;
     if (SA_LIKELY(size <= SA_DIRECT_MAX))
-        return sa_mcache_alloc(sa_direct_size_to_list[size]);
-    if (SA_LIKELY(size <= SA_MAX_SMALL))
-        return sa_mcache_alloc(sa_size_list_offset(size));
-    return sa_malloc_large(size, 0);
+        list_off = sa_direct_size_to_list[size];
+    else if (SA_LIKELY(size <= SA_MAX_SMALL))
+        list_off = sa_size_list_offset(size);
+    else
+        return sa_malloc_large(size, 0);
+    return sa_mcache_alloc(list_off);
 }
 
 /* A small block is freed only if it is the start of an object of its span

@@ -34,6 +34,7 @@ struct sa_options sa_options = {
     .idle_limit_pct = 10,
     .idle_delay_ns = 150 * NS_PER_MS,
     .scavenger_enabled = true,
+    .percpu = true,
     .stats_at_exit = -1,
     .stats_interval_ns = 10 * NS_PER_S,
 };
@@ -158,6 +159,12 @@ static void read_options(void)
             sa_options.scavenger_enabled = false;
         else if (strcmp(v, "on") != 0 && strcmp(v, "1") != 0)
             warn_option("SPANALLOC_SCAVENGER", v);
+    }
+    if ((v = option_env("SPANALLOC_PERCPU")) != NULL) {
+        if (strcmp(v, "off") == 0 || strcmp(v, "0") == 0)
+            sa_options.percpu = false;
+        else if (strcmp(v, "on") != 0 && strcmp(v, "1") != 0)
+            warn_option("SPANALLOC_PERCPU", v);
     }
     if ((v = option_env("SPANALLOC_TRACE")) != NULL)
         sa_options.trace = strcmp(v, "0") != 0 && *v != '\0';

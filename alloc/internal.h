@@ -51,7 +51,7 @@ extern const uint32_t sa_class_size[SA_NUM_CLASSES];
 extern const uint32_t sa_class_npages[SA_NUM_CLASSES];
 extern const uint32_t sa_class_magic[SA_NUM_CLASSES];
 /* Size -> class, stored as the class's list offset in a thread cache
- * (class * sizeof(struct sa_cache_list)): malloc adds it to the cache pointer
+ * (class * sizeof(struct sa_slab_class)): malloc adds it to the slab pointer
  * and has its list, with no multiply.  sa_size_class() below divides back. */
 extern const uint16_t sa_size_to_list[SA_MAX_SMALL / 16 + 1];
 
@@ -98,7 +98,7 @@ struct sa_span {
     uintptr_t base __attribute__((packed, aligned(4)));
     uint32_t div_magic;   /* ceil(2^32 / elem_size): offset -> index */
     uint8_t state;        /* enum sa_span_state */
-    uint16_t list_off;    /* size class * sizeof(struct sa_cache_list): free()
+    uint16_t list_off;    /* size class * sizeof(struct sa_slab_class): free()
                            * adds it to the cache pointer; 0 for large and
                            * free spans (the class is sa_span_cls()) */
     uint8_t needzero;     /* pages may hold old data (calloc must clear) */
@@ -275,8 +275,8 @@ uint64_t sa_pagemap_sys_bytes(void);
  *   block is handed out and before its link is followed.  Forging a block
  *   takes both secrets (drawn from getrandom at load).
  */
-extern uintptr_t sa_link_key;
-extern uintptr_t sa_mark_key;
+SA_HIDDEN extern uintptr_t sa_link_key; /* hidden: the fast path loads them PC-relative */
+SA_HIDDEN extern uintptr_t sa_mark_key;
 
 static inline uintptr_t sa_encode_link(void *next)
 {
@@ -308,26 +308,13 @@ static inline bool sa_block_is_free(const void *block)
     return w[1] == sa_seal(w[0], block);
 }
 
-/* ---- mcache (alloc/mcache.c): per thread, no locks. */
-/* Per class in a thread's cache; one operation touches one cache line.
- * Only the owning thread writes these fields; read_mem_stats reads them from
- * other threads with relaxed atomic loads (SA_PEER_READ).
+/* ---- mcache (alloc/mcache.c, alloc/percpu.c): per CPU, or per thread
+ * where rseq is not available; no locks on the fast path.  The slab layout
+ * and the restartable sections are in alloc/percpu.h.
  *
- * The list holds cap - room blocks.  free() decrements room and takes the
- * slow path when it goes negative (one instruction and one branch: no
- * compare against a second field); the slow path sets it back to 0 before
- * doing anything else, so a negative room is never seen outside it.  The
- * frees are not counted on the free fast path: since
- * count = moved + frees - mallocs, frees = count - moved + mallocs (mod 2^64). */
-struct sa_cache_list {
-    void *head;       /* encoded singly-linked list of free blocks */
-    int32_t room;     /* blocks the list can still take */
-    uint32_t cap;     /* most blocks it holds; 0 in the empty sentinel cache */
-    uint64_t mallocs; /* blocks popped by malloc */
-    uint64_t moved;   /* blocks refilled from minus flushed to the mcentral */
-};
+ * A class's list offset (class << SA_LIST_SHIFT) is the offset of its
+ * header in a slab (struct sa_slab_class, 32 bytes). */
 #define SA_LIST_SHIFT 5
-_Static_assert(sizeof(struct sa_cache_list) == 1u << SA_LIST_SHIFT, "list size");
 
 /* Size class of a span, 0 unless SMALL. */
 static inline unsigned sa_span_cls(const struct sa_span *s)
@@ -343,10 +330,8 @@ static inline unsigned sa_size_class(size_t size)
     return (unsigned)(off >> SA_LIST_SHIFT);
 }
 
-/* The owner's updates are plain read-modify-writes (one instruction, no lock
- * prefix); aligned 64-bit stores are single-copy atomic on the targets we
- * build for, so a peer's relaxed load sees an old or a new value.  Under
- * ThreadSanitizer they are spelled as relaxed atomics so the model is exact. */
+/* ThreadSanitizer cannot see inline assembly: its builds use the C version
+ * of the sections, in per-thread mode only (docs/design.md). */
 #if defined(__SANITIZE_THREAD__)
 #define SA_TSAN 1
 #elif defined(__has_feature)
@@ -354,52 +339,24 @@ static inline unsigned sa_size_class(size_t size)
 #define SA_TSAN 1
 #endif
 #endif
-#if defined(SA_TSAN)
-#define SA_OWNER_ADD(field, n) \
-    __atomic_store_n(&(field), __atomic_load_n(&(field), __ATOMIC_RELAXED) + (n), __ATOMIC_RELAXED)
-#define SA_OWNER_DEC(field) \
-    __extension__({ __typeof__(field) sa_v_ = __atomic_load_n(&(field), __ATOMIC_RELAXED) - 1; \
-                    __atomic_store_n(&(field), sa_v_, __ATOMIC_RELAXED); sa_v_; })
-#else
-#define SA_OWNER_ADD(field, n) ((field) += (n))
-#define SA_OWNER_DEC(field) (--(field))
-#endif
 #define SA_PEER_READ(field) __atomic_load_n(&(field), __ATOMIC_RELAXED)
-
-/* Blocks on a list, by its owner or (approximately, racing) by a peer. */
-static inline uint32_t sa_list_count(struct sa_cache_list *l)
-{
-    return SA_PEER_READ(l->cap) - (uint32_t)SA_PEER_READ(l->room);
-}
-
-static inline uint64_t sa_list_frees(struct sa_cache_list *l)
-{
-    return (uint64_t)sa_list_count(l) - SA_PEER_READ(l->moved) + SA_PEER_READ(l->mallocs);
-}
-
-struct sa_mcache {
-    struct sa_cache_list lists[SA_NUM_CLASSES];
-    /* Copies of sa_link_key and sa_mark_key: the fast path reaches them from
-     * the cache pointer it already holds (0 in the empty cache, which never
-     * gets that far). */
-    uintptr_t link_key, mark_key;
-    struct sa_mcache *reg_next, *reg_prev; /* registry, registry lock */
-    pthread_t owner;
-} __attribute__((aligned(64)));
-
-extern __thread struct sa_mcache *sa_tls_cache
-    __attribute__((tls_model("initial-exec")));
-extern struct sa_mcache sa_empty_cache;
 
 void *sa_mcache_alloc_slow(unsigned cls);
 /* A free block whose seal is broken: reports and aborts.  Not declared
  * noreturn, so that malloc reaches it with a jump and keeps no stack frame. */
 SA_COLD void *sa_mcache_bad_block(void *block);
+/* malloc's pop failed (it yields the poison block) or its mark check did. */
+SA_COLD void *sa_mcache_alloc_miss(void *block, size_t list_off);
 void sa_mcache_free_slow(void *block, const struct sa_span *s);
+/* free_os_memory and the memory limit: every CPU's cache and the calling
+ * thread's own. */
 void sa_mcache_flush_current(void);
+void sa_mcache_scavenge(void);          /* scavenger cycle: drain idle CPUs */
+bool sa_mcache_thread_is_percpu(void);
+uint64_t sa_mcache_held_blocks(unsigned cls); /* blocks of cls in every cache */
 uint32_t sa_mcache_list_cap(unsigned cls);
 size_t sa_mcache_bound_bytes(void);
-void sa_mcache_fold_stats(uint64_t *mallocs, uint64_t *frees, uint64_t *caches_live,
+void sa_mcache_fold_stats(uint64_t *mallocs, uint64_t *frees, uint64_t *caches_inuse,
                           uint64_t *caches_sys_bytes);
 uint64_t sa_mcache_sys_bytes(void);
 void sa_mcache_fork_prepare(void);
@@ -513,6 +470,7 @@ struct sa_options {
     uint64_t idle_delay_ns;     /* SPANALLOC_IDLE_DELAY: least idle age it releases */
     bool madvise_free;          /* SPANALLOC_MADVISE=free */
     bool scavenger_enabled;     /* SPANALLOC_SCAVENGER != off */
+    bool percpu;                /* SPANALLOC_PERCPU != off: per-CPU caches */
     bool trace;                 /* SPANALLOC_TRACE=1 */
     int stats_at_exit;          /* SPANALLOC_STATS: -1 none, 0 text, 1 json */
     char stats_file[4096];      /* SPANALLOC_STATS_FILE, "" = none (%p: pid) */

@@ -1,17 +1,27 @@
 /*
- * mcache.c: the per-thread tier, off the fast path.
+ * mcache.c: the cache tier, off the fast path.
  *
- * Each thread gets a cache on its first allocation: per size class, a list of
- * free blocks bounded to sa_mcache_list_cap(cls) blocks (about 32 KiB of each
- * class), so one thread can hoard at most sa_mcache_bound_bytes() in all.
- * Lists refill from and flush to the mcentral in batches of half the cap.
+ * A cache is a slab (alloc/percpu.h): per size class a stack of pointers
+ * to free blocks, bounded by sa_mcache_list_cap(cls) blocks (about 32 KiB of
+ * each class, at least one block), so one slab holds at most
+ * sa_mcache_bound_bytes().  Classes refill from and flush to the mcentrals in
+ * batches of half their capacity; the class lock is taken once per batch.
  *
- * A thread's cache is flushed when the thread exits (a pthread key
- * destructor).  Code that runs after that in the same thread (later TLS
- * destructors, glibc's own teardown) still allocates and frees: it goes
- * straight to the mcentrals, one block at a time.
+ * Per-CPU mode (alloc/percpu.c, the default where rseq works): one slab per
+ * CPU the process ran on, shared by the threads that run there; a thread
+ * holds nothing of its own and its exit flushes nothing.
  *
- * The registry lists every live cache so read_mem_stats can fold their
+ * Per-thread fallback (no rseq, SPANALLOC_PERCPU=off, valgrind's tools
+ * other than memcheck, ThreadSanitizer builds): each thread gets a slab of
+ * its own on its first allocation.  Its capacities start at one block and
+ * double each time a class runs dry or overflows (slow start), so a thread
+ * that used a class once holds a block or two of it, not a full batch.  The
+ * slab is flushed when the thread exits (a pthread key destructor); code
+ * that runs after that in the same thread (later TLS destructors, glibc's own
+ * teardown) goes straight to the mcentrals, one block at a time, as does
+ * every thread under memcheck.
+ *
+ * The registry lists the fallback slabs so read_mem_stats can fold their
  * counters in, and so the child of a fork can take back what the parent's
  * other threads held.
  */
@@ -19,22 +29,40 @@
 #include <string.h>
 
 #include "internal.h"
+#include "percpu.h"
 #include "valgrind_hooks.h"
 
 #define SA_CACHE_CLASS_BYTES ((uint32_t)32 << 10)
+#define SA_CACHE_CAP_MAX 2048
 #define SA_CACHE_CHUNK ((size_t)64 << 10)
+/* Fallback slabs come 32 to a mapping (2.2 MiB of address space; pages are
+ * touched as slots are used), so that a pool of a few dozen threads that
+ * come and go reuses one mapping. */
+#define SA_SLABS_PER_CHUNK 32
+#define SA_SLOW_START_CAP 1
 
-enum tls_state { TLS_NONE = 0, TLS_CREATING, TLS_ACTIVE, TLS_DEAD };
+enum tls_state { TLS_NONE = 0, TLS_CREATING, TLS_ACTIVE, TLS_PERCPU, TLS_DEAD };
 
-struct sa_mcache sa_empty_cache; /* all lists empty, max 0: always slow */
-__thread struct sa_mcache *sa_tls_cache
-    __attribute__((tls_model("initial-exec"))) = &sa_empty_cache;
+struct sa_rseq_view sa_fake_rseq; /* cpu 0 forever; rseq_cs written, never read */
+const struct sa_slab_class sa_zero_slab[SA_NUM_CLASSES]; /* every operation fails */
+char *const sa_zero_table[1] = {(char *)sa_zero_slab};
+__thread struct sa_tls_cache sa_tls __attribute__((tls_model("initial-exec"))) = {
+    &sa_fake_rseq, sa_zero_table};
 static __thread int tls_state __attribute__((tls_model("initial-exec")));
+static __thread struct sa_thread_cache *tls_record __attribute__((tls_model("initial-exec")));
+
+/* A fallback thread's cache. */
+struct sa_thread_cache {
+    char *slab; /* also the thread's one-entry slab table */
+    struct sa_thread_cache *reg_next, *reg_prev; /* registry lock */
+    pthread_t owner;
+};
 
 static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
-static struct sa_mcache *registry;
-static struct sa_mcache *record_free_list;
-static char *chunk_cursor, *chunk_end;
+static struct sa_thread_cache *registry;
+static struct sa_thread_cache *record_free_list; /* slabs kept, pages released */
+static char *chunk_cursor, *chunk_end;           /* records */
+static char *slab_chunk_cursor, *slab_chunk_end; /* fallback slabs */
 static uint64_t caches_live;
 static _Atomic uint64_t caches_sys_bytes; /* read without the lock by the limit */
 /* Counters of exited threads, folded in at exit (registry lock). */
@@ -44,15 +72,22 @@ static _Atomic uint64_t direct_mallocs[SA_NUM_CLASSES], direct_frees[SA_NUM_CLAS
 static pthread_key_t exit_key;
 int (*sa_setspecific_hook)(pthread_key_t, const void *); /* test hook */
 
+/* ---- Capacities and the slab layout (fixed at init) */
+
+static uint16_t region_base[SA_NUM_CLASSES], region_cap[SA_NUM_CLASSES];
+static size_t slab_bytes;
+static uint32_t class_bytes = SA_CACHE_CLASS_BYTES;
+
+/* At most class_bytes of a class, at least two blocks of up to 32 KiB or one
+ * larger block, at most SA_CACHE_CAP_MAX blocks: a bound in bytes that holds
+ * for any class table. */
 uint32_t sa_mcache_list_cap(unsigned cls)
 {
-    uint32_t cap = SA_CACHE_CLASS_BYTES / sa_class_size[cls];
-    return cap < 2 ? 2 : cap > 2048 ? 2048 : cap;
-}
-
-static uint32_t batch_size(unsigned cls)
-{
-    return sa_mcache_list_cap(cls) / 2;
+    uint32_t size = sa_class_size[cls];
+    uint32_t cap = class_bytes / size;
+    if (cap < 2)
+        cap = size <= SA_CACHE_CLASS_BYTES ? 2 : 1;
+    return cap > SA_CACHE_CAP_MAX ? SA_CACHE_CAP_MAX : cap;
 }
 
 size_t sa_mcache_bound_bytes(void)
@@ -63,13 +98,119 @@ size_t sa_mcache_bound_bytes(void)
     return total;
 }
 
-/* ---- Cache records (registry lock held) */
-
-static struct sa_mcache *record_new(void)
+/* Headers first (class * 32), then each class's region of slots.  The
+ * 16-bit slot indices and the 128 KiB stride between CPU slabs bound the
+ * layout; a class table too large for it gets smaller per-class budgets. */
+static void layout_compute(void)
 {
-    struct sa_mcache *c = record_free_list;
+    for (;;) {
+        size_t slot = (SA_NUM_CLASSES * sizeof(struct sa_slab_class)) / sizeof(void *);
+        for (unsigned cls = 1; cls < SA_NUM_CLASSES; cls++) {
+            region_base[cls] = (uint16_t)slot;
+            region_cap[cls] = (uint16_t)sa_mcache_list_cap(cls);
+            slot += region_cap[cls];
+        }
+        size_t os_page = sa_os_page_size();
+        size_t bytes = (slot * sizeof(void *) + os_page - 1) & ~(os_page - 1);
+        if (slot < 0xffff && bytes <= ((size_t)1 << SA_SLAB_SHIFT)) {
+            slab_bytes = bytes;
+            return;
+        }
+        class_bytes /= 2;
+    }
+}
+
+size_t sa_slab_bytes(void)
+{
+    return slab_bytes;
+}
+
+uint16_t sa_slab_region_base(unsigned cls)
+{
+    return region_base[cls];
+}
+
+uint16_t sa_slab_region_cap(unsigned cls)
+{
+    return region_cap[cls];
+}
+
+/* Set up a zeroed slab, before any thread can reach it. */
+void sa_slab_init(char *slab, bool full_caps)
+{
+    for (unsigned cls = 1; cls < SA_NUM_CLASSES; cls++) {
+        struct sa_slab_class *h = sa_slab_class_at(slab, (size_t)cls << SA_LIST_SHIFT);
+        uint16_t cap = full_caps || region_cap[cls] < SA_SLOW_START_CAP ? region_cap[cls]
+                                                                         : SA_SLOW_START_CAP;
+        h->word = region_base[cls];
+        h->begin = region_base[cls];
+        h->end = (uint16_t)(region_base[cls] + cap);
+        atomic_store_explicit(&h->moved, 0, memory_order_relaxed);
+        h->seen = 0;
+    }
+}
+
+static uint32_t slab_count(const struct sa_slab_class *h, unsigned cls)
+{
+    uint64_t w = __atomic_load_n(&h->word, __ATOMIC_RELAXED);
+    return (uint32_t)(w & SA_SLAB_CUR_MASK) - region_base[cls];
+}
+
+/* mallocs = the 48 bits of the word, extended by what readers saw before:
+ * exact as long as a slab is read at least once per 2^48 mallocs of a class
+ * (the scavenger's cycles and every read_mem_stats do). */
+void sa_slab_fold(char *slab, uint64_t *mallocs, uint64_t *frees)
+{
+    const uint64_t mask48 = ((uint64_t)1 << 48) - 1;
+    for (unsigned cls = 1; cls < SA_NUM_CLASSES; cls++) {
+        struct sa_slab_class *h = sa_slab_class_at(slab, (size_t)cls << SA_LIST_SHIFT);
+        uint64_t w = __atomic_load_n(&h->word, __ATOMIC_RELAXED);
+        uint64_t m = h->seen + (((w >> 16) - h->seen) & mask48);
+        h->seen = m;
+        uint32_t count = (uint32_t)(w & SA_SLAB_CUR_MASK) - region_base[cls];
+        mallocs[cls] += m;
+        frees[cls] += (uint64_t)count + m - atomic_load_explicit(&h->moved, memory_order_relaxed);
+    }
+}
+
+/* A cached block must still carry the mark free() wrote. */
+static void check_cached(void *block)
+{
+    if (!sa_block_is_free(block))
+        sa_report("corrupted free block (written after free)", block,
+                  sa_pagemap_lookup((uintptr_t)block));
+}
+
+void sa_slab_flush_exclusive(char *slab)
+{
+    void **slots = sa_slab_slots(slab);
+    for (unsigned cls = 1; cls < SA_NUM_CLASSES; cls++) {
+        struct sa_slab_class *h = sa_slab_class_at(slab, (size_t)cls << SA_LIST_SHIFT);
+        uint64_t w = __atomic_load_n(&h->word, __ATOMIC_RELAXED);
+        uint32_t cur = (uint32_t)(w & SA_SLAB_CUR_MASK);
+        uint32_t n = cur - region_base[cls];
+        if (n == 0)
+            continue;
+        void *list = NULL;
+        for (uint32_t i = region_base[cls]; i < cur; i++) {
+            check_cached(slots[i]);
+            sa_block_make_free(slots[i], list);
+            list = slots[i];
+        }
+        __atomic_store_n(&h->word, (w & ~SA_SLAB_CUR_MASK) | region_base[cls], __ATOMIC_RELAXED);
+        atomic_fetch_sub_explicit(&h->moved, n, memory_order_relaxed);
+        sa_mcentral_release(cls, list);
+    }
+}
+
+/* ---- Fallback caches (registry lock held) */
+
+static struct sa_thread_cache *record_new(void)
+{
+    struct sa_thread_cache *c = record_free_list;
     if (c != NULL) {
         record_free_list = c->reg_next;
+        memset(c->slab, 0, SA_NUM_CLASSES * sizeof(struct sa_slab_class));
     } else {
         if (chunk_cursor == NULL || chunk_cursor + sizeof(*c) > chunk_end) {
             char *chunk = sa_os_map(SA_CACHE_CHUNK, 0);
@@ -79,15 +220,25 @@ static struct sa_mcache *record_new(void)
             chunk_end = chunk + SA_CACHE_CHUNK;
             caches_sys_bytes += SA_CACHE_CHUNK;
         }
-        c = (struct sa_mcache *)chunk_cursor;
+        if (slab_chunk_cursor == NULL || slab_chunk_cursor + slab_bytes > slab_chunk_end) {
+            char *chunk = sa_os_map(SA_SLABS_PER_CHUNK * slab_bytes, 0);
+            if (chunk == NULL)
+                return NULL;
+            slab_chunk_cursor = chunk;
+            slab_chunk_end = chunk + SA_SLABS_PER_CHUNK * slab_bytes;
+            caches_sys_bytes += SA_SLABS_PER_CHUNK * slab_bytes;
+        }
+        char *slab = slab_chunk_cursor;
+        slab_chunk_cursor += slab_bytes;
+        c = (struct sa_thread_cache *)chunk_cursor;
         chunk_cursor += sizeof(*c);
+        c->slab = slab;
     }
-    memset(c, 0, sizeof(*c));
     caches_live++;
     return c;
 }
 
-static void registry_link(struct sa_mcache *c)
+static void registry_link(struct sa_thread_cache *c)
 {
     c->reg_prev = NULL;
     c->reg_next = registry;
@@ -96,81 +247,32 @@ static void registry_link(struct sa_mcache *c)
     registry = c;
 }
 
-/* Unlink a cache, keep its counters, recycle its record. */
-static void registry_retire(struct sa_mcache *c)
+/* Unlink a cache, keep its counters, recycle its record and slab (the
+ * slab's pages go back to the OS until another thread needs it). */
+static void registry_retire(struct sa_thread_cache *c)
 {
-    for (unsigned cls = 0; cls < SA_NUM_CLASSES; cls++) {
-        exited_mallocs[cls] += SA_PEER_READ(c->lists[cls].mallocs);
-        exited_frees[cls] += sa_list_frees(&c->lists[cls]);
-    }
+    sa_slab_fold(c->slab, exited_mallocs, exited_frees);
     if (c->reg_prev != NULL)
         c->reg_prev->reg_next = c->reg_next;
     else
         registry = c->reg_next;
     if (c->reg_next != NULL)
         c->reg_next->reg_prev = c->reg_prev;
+    sa_os_release(c->slab, slab_bytes);
     c->reg_next = record_free_list;
     record_free_list = c;
     caches_live--;
-}
-
-/* ---- Moving blocks between a cache and the mcentrals */
-
-/* Detach the first n blocks of a list (all of them if n >= count). */
-static void *list_take(struct sa_cache_list *l, uint32_t n)
-{
-    void *first = l->head;
-    void *last = first;
-    uint32_t taken = 1;
-    if (first == NULL)
-        return NULL;
-    uint32_t count = sa_list_count(l);
-    if (n > count)
-        n = count;
-    for (; taken < n; taken++) {
-        if (!sa_block_is_free(last))
-            sa_report("corrupted free block (written after free)", last, NULL);
-        last = sa_decode_link(((uintptr_t *)last)[0]);
-    }
-    if (!sa_block_is_free(last))
-        sa_report("corrupted free block (written after free)", last, NULL);
-    l->head = sa_decode_link(((uintptr_t *)last)[0]);
-    sa_block_make_free(last, NULL);
-    SA_OWNER_ADD(l->room, (int32_t)n);
-    SA_OWNER_ADD(l->moved, -(uint64_t)n);
-    return first;
-}
-
-/* A list over its cap hands a batch to the mcentral, whole, for the next
- * refill elsewhere; a cache being emptied (thread exit, fork,
- * free_os_memory) puts its blocks back into their spans so that empty spans
- * can go back to the heap. */
-static void flush_list(struct sa_cache_list *l, unsigned cls, uint32_t n)
-{
-    uint32_t count = sa_list_count(l);
-    uint32_t taken = n < count ? n : count;
-    void *blocks = list_take(l, n);
-    if (blocks != NULL)
-        sa_mcentral_release_batch(cls, blocks, taken);
-}
-
-static void flush_all(struct sa_mcache *c)
-{
-    for (unsigned cls = 1; cls < SA_NUM_CLASSES; cls++) {
-        void *blocks = list_take(&c->lists[cls], sa_list_count(&c->lists[cls]));
-        if (blocks != NULL)
-            sa_mcentral_release(cls, blocks);
-    }
 }
 
 /* ---- Thread lifecycle */
 
 static void thread_exit(void *arg)
 {
-    struct sa_mcache *c = arg;
-    sa_tls_cache = &sa_empty_cache;
+    struct sa_thread_cache *c = arg;
+    sa_tls.table = sa_zero_table;
     tls_state = TLS_DEAD;
-    flush_all(c);
+    tls_record = NULL;
+    sa_slab_flush_exclusive(c->slab);
     pthread_mutex_lock(&registry_lock);
     registry_retire(c);
     pthread_mutex_unlock(&registry_lock);
@@ -178,21 +280,17 @@ static void thread_exit(void *arg)
 
 void sa_mcache_thread_init(void)
 {
+    layout_compute();
     pthread_key_create(&exit_key, thread_exit);
 }
 
-static struct sa_mcache *cache_create(void)
+static struct sa_thread_cache *cache_create(void)
 {
     pthread_mutex_lock(&registry_lock);
-    struct sa_mcache *c = record_new();
+    struct sa_thread_cache *c = record_new();
     if (c != NULL) {
-        for (unsigned cls = 1; cls < SA_NUM_CLASSES; cls++) {
-            c->lists[cls].cap = sa_mcache_list_cap(cls);
-            c->lists[cls].room = (int32_t)c->lists[cls].cap;
-        }
+        sa_slab_init(c->slab, false);
         c->owner = pthread_self();
-        c->link_key = sa_link_key;
-        c->mark_key = sa_mark_key;
         registry_link(c);
     }
     pthread_mutex_unlock(&registry_lock);
@@ -207,26 +305,38 @@ static struct sa_mcache *cache_create(void)
     return c;
 }
 
-/* The calling thread's cache, created on first use; NULL while it is being
- * created, after the thread's exit flush, or when no memory is left. */
-static struct sa_mcache *current_cache(void)
+/* Whether the calling thread has a slab to work on, set up on first use;
+ * false while it is being set up, after the thread's exit flush, under
+ * memcheck, or when no memory is left. */
+static bool thread_ready(void)
 {
-    if (sa_tls_cache != &sa_empty_cache)
-        return sa_tls_cache;
+    if (tls_state == TLS_ACTIVE || tls_state == TLS_PERCPU)
+        return true;
     if (tls_state != TLS_NONE)
-        return NULL;
+        return false;
     sa_ensure_init();
     if (sa_on_valgrind)
-        return NULL; /* every block goes through the direct paths below */
+        return false; /* every block goes through the direct paths below */
     tls_state = TLS_CREATING;
-    struct sa_mcache *c = cache_create();
+    if (sa_percpu_enabled() && sa_percpu_attach_thread()) {
+        tls_state = TLS_PERCPU;
+        return true;
+    }
+    struct sa_thread_cache *c = cache_create();
     tls_state = c != NULL ? TLS_ACTIVE : TLS_NONE;
-    if (c != NULL)
-        sa_tls_cache = c;
-    return c;
+    if (c != NULL) {
+        tls_record = c;
+        sa_tls.table = &c->slab;
+    }
+    return c != NULL;
 }
 
-/* ---- Slow paths */
+bool sa_mcache_thread_is_percpu(void)
+{
+    return tls_state == TLS_PERCPU;
+}
+
+/* ---- Moving blocks between the slabs and the mcentrals */
 
 static void *direct_alloc(unsigned cls)
 {
@@ -241,127 +351,267 @@ static void *direct_alloc(unsigned cls)
     return block;
 }
 
+/* Blocks moved in or out, added to the slab they went to; a thread that
+ * migrates half-way through a batch spreads it over two slabs. */
+struct moved_tally {
+    char *slab;
+    int64_t n;
+};
+
+static void tally_flush(struct moved_tally *t, size_t off)
+{
+    if (t->slab != NULL && t->n != 0)
+        atomic_fetch_add_explicit(&sa_slab_class_at(t->slab, off)->moved, (uint64_t)t->n,
+                                  memory_order_relaxed);
+    t->n = 0;
+}
+
+static void tally(struct moved_tally *t, size_t off, char *slab, int64_t n)
+{
+    if (slab != t->slab) {
+        tally_flush(t, off);
+        t->slab = slab;
+    }
+    t->n += n;
+}
+
+/* The capacity of a class on the current slab, grown by slow start (only a
+ * fallback slab starts below its region's size: CPU slabs start full). */
+static uint32_t class_cap(unsigned cls, bool grow)
+{
+    char *slab = sa_tls.table[__atomic_load_n(&sa_tls.cpu->cpu_id_start, __ATOMIC_RELAXED)];
+    struct sa_slab_class *h = sa_slab_class_at(slab, (size_t)cls << SA_LIST_SHIFT);
+    if (h->end <= region_base[cls])
+        return region_cap[cls]; /* a CPU slab not set up (or drained now): full */
+    uint32_t cap = (uint32_t)h->end - region_base[cls];
+    if (grow && tls_state == TLS_ACTIVE && cap < region_cap[cls]) {
+        cap = cap * 2 < region_cap[cls] ? cap * 2 : region_cap[cls];
+        h->end = (uint16_t)(region_base[cls] + cap); /* the thread's own slab */
+    }
+    return cap;
+}
+
+static void *pop_checked(size_t off)
+{
+    uintptr_t *block;
+    char *slab;
+    SA_SLAB_POP(off, 0xffff, block, slab, empty);
+    (void)slab;
+    check_cached(block);
+    block[1] = 0;
+    return block;
+empty:
+    return NULL;
+}
+
+/* Refill: one batch from the mcentral; the first block is the caller's, the
+ * rest go onto the slab (they carry the mark the mcentral wrote).  What does
+ * not fit (the slab was drained meanwhile, the thread migrated to a fuller
+ * CPU) goes back. */
+static void *refill(unsigned cls)
+{
+    size_t off = (size_t)cls << SA_LIST_SHIFT;
+    uint32_t cap = class_cap(cls, true);
+    uint32_t want = cap / 2 > 0 ? cap / 2 + 1 : 1;
+    void *list;
+    uint32_t got = sa_mcentral_fill(cls, want, &list);
+    if (got == 0) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    uintptr_t *first = list;
+    void *rest = sa_decode_link(first[0]);
+    struct moved_tally t = {NULL, 0};
+    while (rest != NULL) {
+        void *next = sa_decode_link(((uintptr_t *)rest)[0]);
+        char *slab;
+        SA_SLAB_PUSH(off, rest, slab, full);
+        tally(&t, off, slab, 1);
+        rest = next;
+        continue;
+    full:
+        break;
+    }
+    tally_flush(&t, off);
+    if (rest != NULL)
+        sa_mcentral_release(cls, rest);
+    first[1] = 0; /* counted by the caller (slow_mallocs): it never was on a slab */
+    return first;
+}
+
+uintptr_t sa_poison_block[2] = {0, 1};
+
+void *sa_mcache_alloc_miss(void *block, size_t list_off)
+{
+    if (block == (void *)sa_poison_block)
+        return sa_mcache_alloc_slow((unsigned)(list_off >> SA_LIST_SHIFT));
+    return sa_mcache_bad_block(block);
+}
+
 void *sa_mcache_bad_block(void *block)
 {
     sa_report("corrupted free block (written after free)", block,
               sa_pagemap_lookup((uintptr_t)block));
 }
 
+static _Atomic uint64_t slow_mallocs[SA_NUM_CLASSES]; /* refill's first blocks */
+
 void *sa_mcache_alloc_slow(unsigned cls)
 {
-    struct sa_mcache *c = current_cache();
-    if (c == NULL)
+    if (!thread_ready())
         return direct_alloc(cls);
-    struct sa_cache_list *l = &c->lists[cls];
-    if (l->head == NULL) {
-        void *blocks;
-        uint32_t got = sa_mcentral_fill(cls, batch_size(cls), &blocks);
-        if (got == 0) {
-            errno = ENOMEM;
-            return NULL;
-        }
-        l->head = blocks;
-        SA_OWNER_ADD(l->room, -(int32_t)got);
-        SA_OWNER_ADD(l->moved, got);
-    }
-    uintptr_t *block = l->head;
-    l->head = sa_decode_link(block[0]);
-    SA_OWNER_ADD(l->room, 1);
-    block[1] = 0;
-    SA_OWNER_ADD(l->mallocs, 1);
+    size_t off = (size_t)cls << SA_LIST_SHIFT;
+    if (tls_state == TLS_PERCPU)
+        sa_percpu_prepare_current();
+    void *block = pop_checked(off); /* the CPU may have changed, or been set up */
+    if (block != NULL)
+        return block;
+    block = refill(cls);
+    if (block != NULL)
+        atomic_fetch_add_explicit(&slow_mallocs[cls], 1, memory_order_relaxed);
     return block;
 }
 
-/* Reached when the fast path found no room: it took room below 0, which
- * is put back first.  In the empty cache (shared by every thread without a
- * cache of its own) threads may race on that field; each writes either a
- * decrement of a value <= 0 or 0, so room never turns positive there and
- * nothing is ever pushed onto the empty cache. */
+/* Take up to n blocks off the current slab (without counting mallocs) and
+ * hand them to the mcentral as one batch. */
+static void flush_batch(unsigned cls, uint32_t n)
+{
+    size_t off = (size_t)cls << SA_LIST_SHIFT;
+    void *list = NULL;
+    uint32_t taken = 0;
+    struct moved_tally t = {NULL, 0};
+    while (taken < n) {
+        void *block;
+        char *slab;
+        SA_SLAB_POP(off, -1, block, slab, empty);
+        tally(&t, off, slab, -1);
+        check_cached(block);
+        sa_block_make_free(block, list);
+        list = block;
+        taken++;
+    }
+empty:
+    tally_flush(&t, off);
+    if (list != NULL)
+        sa_mcentral_release_batch(cls, list, taken);
+}
+
+/* Reached when the push found no room: the class is full, the slab closed
+ * or not set up, or the thread has none.  The block was not checked yet. */
 void sa_mcache_free_slow(void *block, const struct sa_span *s)
 {
     unsigned cls = sa_span_cls(s);
-    struct sa_cache_list *own = &sa_tls_cache->lists[cls];
-    if (SA_PEER_READ(own->room) < 0)
-        __atomic_store_n(&own->room, 0, __ATOMIC_RELAXED);
+    size_t off = (size_t)cls << SA_LIST_SHIFT;
     if (sa_block_is_free_checked(block))
         sa_bad_small_free(block, sa_pagemap_lookup((uintptr_t)block));
-    struct sa_mcache *c = current_cache();
-    if (c == NULL) {
-        sa_block_make_free(block, NULL);
-        SA_VG_FREELIKE(block);
-        sa_mcentral_release(cls, block);
-        atomic_fetch_add_explicit(&direct_frees[cls], 1, memory_order_relaxed);
-        return;
+    if (thread_ready()) {
+        if (tls_state == TLS_PERCPU)
+            sa_percpu_prepare_current();
+        uint32_t cap = class_cap(cls, true);
+        for (int attempt = 0; attempt < 2; attempt++) {
+            SA_SLAB_PUSH_MARKED(off, block, full);
+            return;
+        full:
+            if (attempt == 0)
+                flush_batch(cls, cap / 2 > 0 ? cap / 2 : 1);
+        }
     }
-    struct sa_cache_list *l = &c->lists[cls];
-    if (l->room <= 0)
-        flush_list(l, cls, batch_size(cls));
-    sa_block_make_free(block, l->head);
-    l->head = block;
-    SA_OWNER_ADD(l->room, -1);
+    sa_block_make_free(block, NULL);
+    SA_VG_FREELIKE(block);
+    sa_mcentral_release(cls, block);
+    atomic_fetch_add_explicit(&direct_frees[cls], 1, memory_order_relaxed);
 }
 
+/* free_os_memory: the calling thread's own slab (fallback), every CPU's
+ * (per-CPU mode). */
 void sa_mcache_flush_current(void)
 {
-    if (sa_tls_cache != &sa_empty_cache)
-        flush_all(sa_tls_cache);
+    if (tls_state == TLS_ACTIVE && tls_record != NULL)
+        sa_slab_flush_exclusive(tls_record->slab);
+    if (sa_percpu_enabled())
+        sa_percpu_drain_all();
+}
+
+/* The scavenger's hook, once per cycle. */
+void sa_mcache_scavenge(void)
+{
+    if (sa_percpu_enabled())
+        sa_percpu_drain_idle();
 }
 
 /* ---- Statistics */
 
-void sa_mcache_fold_stats(uint64_t *mallocs, uint64_t *frees, uint64_t *live,
+void sa_mcache_fold_stats(uint64_t *mallocs, uint64_t *frees, uint64_t *inuse,
                           uint64_t *sys_bytes)
 {
     pthread_mutex_lock(&registry_lock);
     for (unsigned cls = 0; cls < SA_NUM_CLASSES; cls++) {
         mallocs[cls] = exited_mallocs[cls] +
-                       atomic_load_explicit(&direct_mallocs[cls], memory_order_relaxed);
+                       atomic_load_explicit(&direct_mallocs[cls], memory_order_relaxed) +
+                       atomic_load_explicit(&slow_mallocs[cls], memory_order_relaxed);
         frees[cls] = exited_frees[cls] +
                      atomic_load_explicit(&direct_frees[cls], memory_order_relaxed);
     }
-    for (struct sa_mcache *c = registry; c != NULL; c = c->reg_next) {
-        for (unsigned cls = 0; cls < SA_NUM_CLASSES; cls++) {
-            mallocs[cls] += SA_PEER_READ(c->lists[cls].mallocs);
-            frees[cls] += sa_list_frees(&c->lists[cls]);
-        }
-    }
-    *live = caches_live;
-    *sys_bytes = caches_sys_bytes;
+    for (struct sa_thread_cache *c = registry; c != NULL; c = c->reg_next)
+        sa_slab_fold(c->slab, mallocs, frees);
+    sa_percpu_fold_stats(mallocs, frees);
+    *inuse = caches_live * slab_bytes + sa_percpu_cpus_ready() * slab_bytes;
+    *sys_bytes = caches_sys_bytes + sa_percpu_sys_bytes();
     pthread_mutex_unlock(&registry_lock);
+}
+
+uint64_t sa_mcache_sys_bytes(void)
+{
+    return atomic_load_explicit(&caches_sys_bytes, memory_order_relaxed) + sa_percpu_sys_bytes();
+}
+
+uint64_t sa_mcache_held_blocks(unsigned cls)
+{
+    uint64_t n = 0;
+    pthread_mutex_lock(&registry_lock);
+    for (struct sa_thread_cache *c = registry; c != NULL; c = c->reg_next)
+        n += slab_count(sa_slab_class_at(c->slab, (size_t)cls << SA_LIST_SHIFT), cls);
+    for (unsigned cpu = 0; cpu < sa_percpu_ncpus(); cpu++) {
+        char *slab = sa_percpu_slab_of(cpu);
+        if (slab != NULL)
+            n += slab_count(sa_slab_class_at(slab, (size_t)cls << SA_LIST_SHIFT), cls);
+    }
+    pthread_mutex_unlock(&registry_lock);
+    return n;
 }
 
 /* ---- fork */
 
-uint64_t sa_mcache_sys_bytes(void)
-{
-    return atomic_load_explicit(&caches_sys_bytes, memory_order_relaxed);
-}
-
 void sa_mcache_fork_prepare(void)
 {
     pthread_mutex_lock(&registry_lock);
+    sa_percpu_fork_prepare();
 }
 
 void sa_mcache_fork_parent(void)
 {
+    sa_percpu_fork_parent();
     pthread_mutex_unlock(&registry_lock);
 }
 
 /* In the child only the forking thread survives.  The other threads'
- * caches are retired without being walked: fork may have caught one of them
- * half-way through a push or a pop (they take no lock), so their lists
- * cannot be trusted.  What they held (at most sa_mcache_bound_bytes() per
- * thread) stays allocated for the child's lifetime, as glibc's tcache does. */
+ * fallback slabs are retired without being walked: fork may have caught one
+ * of them half-way through a refill or a flush, so what they held (at most
+ * sa_mcache_bound_bytes() per thread) stays allocated for the child's
+ * lifetime, as glibc's tcache does.  The CPU slabs stay as they are: each
+ * section committed whole or not at all, and the child's threads go on
+ * using them. */
 void sa_mcache_fork_child(void)
 {
     pthread_mutex_init(&registry_lock, NULL);
-    struct sa_mcache *c = registry;
+    struct sa_thread_cache *c = registry;
     while (c != NULL) {
-        struct sa_mcache *next = c->reg_next;
-        if (c != sa_tls_cache)
+        struct sa_thread_cache *next = c->reg_next;
+        if (c != tls_record)
             registry_retire(c);
         c = next;
     }
-    if (sa_tls_cache != &sa_empty_cache)
-        sa_tls_cache->owner = pthread_self();
+    if (tls_record != NULL)
+        tls_record->owner = pthread_self();
+    sa_percpu_fork_child();
 }

@@ -1,72 +1,67 @@
 /*
  * mcache.h: the fast path, inlined into the entry points.
  *
- * A thread's cache holds, per size class, a list of free blocks.  malloc pops
- * from it and free pushes onto it: no lock, no atomic read-modify-write, and
- * no write to memory another thread writes (the counters are the thread's
- * own).  Everything else (an empty list, a full list, a thread without a
- * cache yet) is one call away in mcache.c.
+ * malloc pops a block from the current slab (the CPU's in per-CPU mode, the
+ * thread's own in the fallback, alloc/percpu.h), free pushes one: a
+ * restartable sequence of a few instructions, no lock, no atomic
+ * read-modify-write.  Everything else (an empty or full class, a thread not
+ * set up yet, a CPU whose slab is not set up or is being drained) is one
+ * call away in mcache.c.
  */
 #ifndef SPANALLOC_MCACHE_H
 #define SPANALLOC_MCACHE_H
 
 #include "internal.h"
+#include "percpu.h"
 
 /* free() of anything the inline checks did not accept (malloc.c). */
 void sa_free_not_small(void *ptr, struct sa_span *s);
 
-/* The list at byte offset list_off (class * sizeof list) of the cache. */
-static inline struct sa_cache_list *sa_cache_list_at(struct sa_mcache *c, size_t list_off)
-{
-    return (struct sa_cache_list *)((char *)c + list_off);
-}
-
+/* A cached block carries the free mark (word 1 = word 0 ^ address ^
+ * mark_key, written by free): it is checked before the block is handed out,
+ * so a write after free into a cached block is reported, and cleared so
+ * that the next free of the block is not taken for a double free. */
 static inline void *sa_mcache_alloc(size_t list_off)
 {
-    struct sa_mcache *c = sa_tls_cache;
-    struct sa_cache_list *l = sa_cache_list_at(c, list_off);
-    uintptr_t *block = l->head;
-    if (SA_UNLIKELY(block == NULL))
-        return sa_mcache_alloc_slow((unsigned)(list_off >> SA_LIST_SHIFT));
-    /* The seal (word 1 = link ^ address ^ mark_key), checked the other way
-     * round: the link the seal vouches for must be word 0.  That leaves the
-     * checked link in a register for the pop, one copy fewer. */
-    uintptr_t link = block[1] ^ (uintptr_t)block ^ c->mark_key;
-    if (SA_UNLIKELY(block[0] != link))
-        return sa_mcache_bad_block(block);
-    SA_OWNER_ADD(l->room, 1);
-    SA_OWNER_ADD(l->mallocs, 1);
-    l->head = (void *)(link ^ c->link_key);
-    block[1] = 0; /* no longer free */
+    uintptr_t *block;
+#if defined(SA_PERCPU_ASM)
+    SA_SLAB_POP_MALLOC(list_off, block);
+#else
+    char *slab;
+    SA_SLAB_POP(list_off, 0xffff, block, slab, empty);
+    (void)slab;
+#endif
+    /* word 1 ^= word 0 ^ address ^ key: 0 (no longer free) iff the mark was
+     * intact; one instruction does the check's compare and the clearing. */
+    bool broken;
+#if defined(SA_PERCPU_ASM)
+    uintptr_t t;
+    __asm__("movq %[w0], %[t]\n\t"
+            "xorq %[b], %[t]\n\t"
+            "xorq sa_mark_key(%%rip), %[t]\n\t"
+            "xorq %[t], %[w1]"
+            : [w1] "+m"(block[1]), [t] "=&r"(t), "=@ccnz"(broken), [b] "+r"(block)
+            : [w0] "m"(block[0]));
+#else
+    broken = (block[1] ^= block[0] ^ (uintptr_t)block ^ sa_mark_key) != 0;
+#endif
+    if (SA_UNLIKELY(broken))
+        return sa_mcache_alloc_miss(block, list_off); /* empty, or corrupted */
     return block;
+#if !defined(SA_PERCPU_ASM)
+empty:
+    return sa_mcache_alloc_slow((unsigned)(list_off >> SA_LIST_SHIFT));
+#endif
 }
 
-/* Push a small block (checked to be an object start of span s) onto this
- * thread's list for its class.  The double-free check reads the block's
- * mark word; it comes after the room check so that under valgrind, where
- * no thread has a cache (the empty cache has no room), only the slow path
- * reads user memory.  The encoding is sa_block_make_free's, with the cache's
- * copies of the keys. */
+/* Push a small block (checked to be an object start of span s) onto the
+ * current slab; the double-free check and the mark are in the section. */
 static inline void sa_mcache_free(void *block, struct sa_span *s)
 {
-    struct sa_mcache *c = sa_tls_cache;
-    struct sa_cache_list *l = sa_cache_list_at(c, s->list_off);
-    if (SA_UNLIKELY(SA_OWNER_DEC(l->room) < 0)) {
-        sa_mcache_free_slow(block, s);
-        return;
-    }
-    uintptr_t *w = block;
-    uintptr_t seal_key = (uintptr_t)block ^ c->mark_key; /* for the check and the new mark */
-    if (SA_UNLIKELY(w[1] == (w[0] ^ seal_key))) {
-        /* Reports the double free and aborts: the room taken above is
-         * not given back (doing so costs the fast path a register). */
-        sa_free_not_small(block, s);
-        return;
-    }
-    uintptr_t link = (uintptr_t)l->head ^ c->link_key;
-    w[0] = link;
-    w[1] = link ^ seal_key;
-    l->head = block;
+    SA_SLAB_PUSH_MARKED(s->list_off, block, full);
+    return;
+full: /* or a double free: the slow path checks and reports */
+    sa_mcache_free_slow(block, s);
 }
 
 #endif /* SPANALLOC_MCACHE_H */

@@ -63,6 +63,7 @@ static uint64_t enforce_limit(void)
     uint64_t used = sa_stats_limited_bytes();
     if (used <= limit)
         return 0;
+    sa_mcache_flush_current(); /* the CPU caches' blocks first: their spans may empty */
     return sa_mheap_scavenge(UINT64_MAX, used - limit);
 }
 
@@ -93,6 +94,7 @@ uint64_t sa_scavenger_cycle(void)
     uint64_t now = sa_os_now_ns();
     uint64_t idle = sa_options.scavenge_idle_ns;
     uint64_t cutoff = now > idle ? now - idle : 0;
+    sa_mcache_scavenge(); /* idle CPUs' caches back to their spans */
     uint64_t released = now > idle ? sa_mheap_scavenge(cutoff, UINT64_MAX) : 0;
     released += enforce_limit();
     released += sa_mheap_enforce_idle_limit(sa_mheap_idle_excess());

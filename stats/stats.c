@@ -1,11 +1,12 @@
 /*
  * stats.c: read_mem_stats and its text and JSON renderings.
  *
- * Counting costs the fast path nothing shared: each thread counts its own
- * mallocs and frees per size class in its cache (plain stores), and a read
- * folds them in, with the counts of exited threads and the heap's own
- * counters.  A read takes the registry lock and the heap lock briefly, never
- * stops another thread, and costs O(threads + classes).  Byte figures are
+ * Counting costs the fast path nothing extra: each cache (a CPU's, or a
+ * thread's in the fallback) counts mallocs per size class in the word its
+ * pop commits, frees are derived from its count, and a read folds them in
+ * (sa_mcache_fold_stats), with the counts of exited threads and the heap's
+ * own counters.  A read takes the registry lock and the heap lock briefly,
+ * never stops another thread, and costs O(CPUs + fallback threads + classes).  Byte figures are
  * derived from counts: heap_alloc = sum over classes of (mallocs - frees) *
  * size, plus the pages of live large objects.  The invariants of
  * docs/api.md hold exactly whenever no other thread is allocating.
@@ -32,12 +33,12 @@ uint64_t sa_stats_limited_bytes(void)
 void read_mem_stats(struct mem_stats *out)
 {
     uint64_t mallocs[SA_NUM_CLASSES], frees[SA_NUM_CLASSES];
-    uint64_t caches_live, caches_sys;
+    uint64_t caches_inuse, caches_sys;
     struct sa_heap_counters h;
 
     sa_ensure_init();
     memset(out, 0, sizeof(*out));
-    sa_mcache_fold_stats(mallocs, frees, &caches_live, &caches_sys);
+    sa_mcache_fold_stats(mallocs, frees, &caches_inuse, &caches_sys);
     sa_mheap_read(&h);
 
     uint64_t small_alloc = 0, small_total = 0;
@@ -63,7 +64,7 @@ void read_mem_stats(struct mem_stats *out)
 
     out->mspan_inuse = h.span_records * sizeof(struct sa_span);
     out->mspan_sys = h.span_records_sys;
-    out->mcache_inuse = caches_live * sizeof(struct sa_mcache);
+    out->mcache_inuse = caches_inuse; /* the slabs of live threads and set-up CPUs */
     out->mcache_sys = caches_sys;
     out->other_sys = h.pagemap_sys + sa_mcentral_sys_bytes();
     out->sys = out->heap_sys + out->mspan_sys + out->mcache_sys + out->other_sys;

@@ -2,10 +2,12 @@
 # tests/run.sh: install what the tests need, build, run every test pass, and
 # print the totals as the last line: "N passed, N failed".
 #
-# Passes (choose with SPANALLOC_TEST_PASSES, default "unit asan tsan valgrind preload fuzz arm64"):
+# Passes (choose with SPANALLOC_TEST_PASSES, default "unit percpuoff asan tsan valgrind preload fuzz arm64"):
 #   unit      meson test --suite unit, plus the suites 'generated' (the size
 #             class table matches its generator) and 'valgrind-planted'
 #             (memcheck reports a planted leak and use-after-free), in build/
+#   percpuoff meson test --suite unit --setup percpuoff in build/: the suite on
+#             the per-thread fallback caches (SPANALLOC_PERCPU=off)
 #   asan      meson test --suite unit in build-asan/ (clang, ASan+UBSan, debug)
 #   tsan      meson test --suite unit in build-tsan/ (clang, ThreadSanitizer, debug)
 #   valgrind  meson test --suite unit in build/ under valgrind memcheck
@@ -23,7 +25,7 @@ set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 if [[ -x /usr/bin/python3 ]]; then PY=/usr/bin/python3; else PY=python3; fi
 ROOT=$PWD
-PASSES=${SPANALLOC_TEST_PASSES:-"unit asan tsan valgrind preload fuzz arm64"}
+PASSES=${SPANALLOC_TEST_PASSES:-"unit percpuoff asan tsan valgrind preload fuzz arm64"}
 BUILD=${SPANALLOC_BUILD_DIR:-build}
 BUILD_ASAN=${SPANALLOC_ASAN_BUILD_DIR:-build-asan}
 BUILD_TSAN=${SPANALLOC_TSAN_BUILD_DIR:-build-tsan}
@@ -33,8 +35,8 @@ has_pass() { [[ " $PASSES " == *" $1 "* ]]; }
 say() { printf '\n=== %s ===\n' "$*"; }
 
 for p in $PASSES; do
-    case $p in unit|asan|tsan|valgrind|preload|fuzz|arm64) ;; *)
-        echo "tests/run.sh: unknown pass '$p' (known: unit asan tsan valgrind preload fuzz arm64)" >&2; exit 2 ;;
+    case $p in unit|percpuoff|asan|tsan|valgrind|preload|fuzz|arm64) ;; *)
+        echo "tests/run.sh: unknown pass '$p' (known: unit percpuoff asan tsan valgrind preload fuzz arm64)" >&2; exit 2 ;;
     esac
 done
 
@@ -122,7 +124,7 @@ build() { # DIR SETUP-ARGS...
     fi
 }
 
-if has_pass unit || has_pass valgrind || has_pass preload || has_pass fuzz; then
+if has_pass unit || has_pass percpuoff || has_pass valgrind || has_pass preload || has_pass fuzz; then
     build "$BUILD" -- --buildtype=release
 fi
 if has_pass asan; then
@@ -202,6 +204,9 @@ run_pass() {
 
 if has_pass unit; then
     run_pass unit "$BUILD" --suite unit --suite generated --suite valgrind-planted
+fi
+if has_pass percpuoff; then
+    run_pass percpuoff "$BUILD" --suite unit --setup percpuoff
 fi
 if has_pass asan; then
     run_pass asan "$BUILD_ASAN" --suite unit

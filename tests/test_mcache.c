@@ -5,6 +5,7 @@
 
 #include "test_helpers.h"
 #include "internal.h"
+#include "percpu.h"
 
 static void each_list_stays_under_its_cap(void **state)
 {
@@ -18,20 +19,21 @@ static void each_list_stays_under_its_cap(void **state)
             blocks[i] = spanalloc_malloc(size);
         for (unsigned i = 0; i < n; i++)
             spanalloc_free(blocks[i]);
-        struct sa_cache_list *l = &sa_tls_cache->lists[cls];
-        assert_true(l->room >= 0);
-        /* Under memcheck no thread has a cache: the lists are the empty
-         * cache's, with no room and cap 0. */
-        assert_int_equal(l->cap, sa_tls_cache == &sa_empty_cache ? 0 : sa_mcache_list_cap(cls));
-        assert_true(sa_list_count(l) <= sa_mcache_list_cap(cls));
-        assert_true((size_t)sa_list_count(l) * size <= 32 * 1024 || sa_list_count(l) <= 2);
+        /* Every cache (this thread's, or each CPU's) within its cap; under
+         * memcheck no thread has a cache at all. */
+        uint64_t held = sa_mcache_held_blocks(cls);
+        uint64_t caches = sa_mcache_thread_is_percpu() ? sa_percpu_cpus_ready() : 1;
+        assert_true(held <= caches * sa_mcache_list_cap(cls));
+        assert_true(sa_mcache_list_cap(cls) * size <= 32 * 1024 || sa_mcache_list_cap(cls) <= 2);
+        assert_true(sa_mcache_list_cap(cls) >= 1);
     }
     size_t bound = sa_mcache_bound_bytes();
     size_t held = 0;
     for (unsigned cls = 1; cls < SA_NUM_CLASSES; cls++)
-        held += (size_t)sa_list_count(&sa_tls_cache->lists[cls]) * sa_class_size[cls];
-    assert_true(held <= bound);
-    assert_true(bound <= 5190256); /* the documented per-thread bound (4.95 MiB: 2.1 small, 2.84 medium) */
+        held += (size_t)sa_mcache_held_blocks(cls) * sa_class_size[cls];
+    unsigned caches = sa_mcache_thread_is_percpu() ? sa_percpu_cpus_ready() : 1;
+    assert_true(held <= bound * caches);
+    assert_true(bound <= 3699312); /* the documented bound per cache */
 }
 
 static void *alloc_and_free_all(void *arg)
@@ -47,21 +49,31 @@ static void *alloc_and_free_all(void *arg)
     return NULL;
 }
 
-/* What a thread cached comes back when it exits: its spans leave heap_inuse
- * (once the batches it handed to the mcentral's transfer slots while it ran
- * are drained too: those belong to the central tier, not to the thread). */
+/* What a thread cached comes back when it exits (per-thread mode), or stays
+ * in the CPU caches, where a drain takes it back (per-CPU mode: the thread
+ * itself holds nothing): its spans leave heap_inuse (once the batches handed
+ * to the mcentral's transfer slots are drained too: those belong to the
+ * central tier, not to any cache). */
 static void thread_exit_flushes_the_cache(void **state)
 {
     (void)state;
+    sa_mcache_flush_current();
     sa_mcentral_drain_transfer();
     struct mem_stats before = stats_now();
+    unsigned before_cpus = sa_percpu_cpus_ready();
     pthread_t t;
     pthread_create(&t, NULL, alloc_and_free_all, (void *)(size_t)208);
     pthread_join(t, NULL);
+    /* The thread's own cache (per-thread mode) is gone with it. */
+    assert_int_equal(stats_now().mcache_inuse, before.mcache_inuse +
+                     (sa_percpu_cpus_ready() - before_cpus) * sa_slab_bytes());
+    if (sa_mcache_thread_is_percpu())
+        sa_mcache_flush_current();
     sa_mcentral_drain_transfer();
     struct mem_stats after = stats_now();
     assert_int_equal(after.heap_inuse, before.heap_inuse);
-    assert_int_equal(after.mcache_inuse, before.mcache_inuse);
+    assert_int_equal(after.mcache_inuse, before.mcache_inuse +
+                     (sa_percpu_cpus_ready() - before_cpus) * sa_slab_bytes());
     assert_int_equal(after.heap_objects, before.heap_objects);
     assert_int_equal(after.by_size[sa_size_class(208)].mallocs,
                      before.by_size[sa_size_class(208)].mallocs + 500);
@@ -137,14 +149,14 @@ static void cross_thread_free_is_counted_once(void **state)
     assert_stats_invariants(&after);
 }
 
-/* A thread's first free finds the shared empty cache, whose lists have no
- * room: free takes room below 0 there and the slow path sets it back.  Many
- * threads doing that at once must leave the empty cache empty and at room
- * 0, or a later free would push a block onto a list every thread shares. */
+/* A thread's first free finds the shared zero slab, where every push fails:
+ * many threads doing that at once must leave it all zero (it is read-only
+ * memory: a write would fault), or a later free would push a block onto a
+ * slab every thread shares. */
 #define FIRST_FREE_THREADS 8
 static void *blocks_for_first_free[FIRST_FREE_THREADS][FREED_PER_THREAD];
 
-static void first_free_leaves_the_empty_cache_empty(void **state)
+static void first_free_leaves_the_zero_slab_alone(void **state)
 {
     (void)state;
     struct mem_stats before = stats_now();
@@ -156,11 +168,8 @@ static void first_free_leaves_the_empty_cache_empty(void **state)
         pthread_create(&th[t], NULL, free_them, blocks_for_first_free[t]);
     for (int t = 0; t < FIRST_FREE_THREADS; t++)
         pthread_join(th[t], NULL);
-    for (unsigned cls = 0; cls < SA_NUM_CLASSES; cls++) {
-        assert_null(sa_empty_cache.lists[cls].head);
-        assert_int_equal(sa_empty_cache.lists[cls].room, 0);
-        assert_int_equal(sa_empty_cache.lists[cls].cap, 0);
-    }
+    static const struct sa_slab_class zero[SA_NUM_CLASSES];
+    assert_memory_equal(sa_zero_slab, zero, sizeof(zero));
     struct mem_stats after = stats_now();
     assert_int_equal(after.frees, before.frees + FIRST_FREE_THREADS * FREED_PER_THREAD);
     assert_int_equal(after.heap_alloc, before.heap_alloc);
@@ -175,7 +184,7 @@ int main(void)
         cmocka_unit_test(thread_exit_flushes_the_cache),
         cmocka_unit_test(malloc_works_after_thread_teardown),
         cmocka_unit_test(cross_thread_free_is_counted_once),
-        cmocka_unit_test(first_free_leaves_the_empty_cache_empty),
+        cmocka_unit_test(first_free_leaves_the_zero_slab_alone),
     };
     return cmocka_run_group_tests_name("mcache", tests, NULL, NULL);
 }

@@ -1,0 +1,350 @@
+/*
+ * percpu.h: the cache's storage (a slab) and the restartable sequences that
+ * change it.
+ *
+ * A slab is one block of metadata: per size class a 32-byte header at
+ * class * 32 (so a class's list offset is its header's offset), then, per
+ * class, a region of slots holding pointers to free blocks.  The blocks
+ * themselves are not linked through their memory while cached: a
+ * use-after-free write cannot redirect malloc.  Each carries the free mark
+ * (word 1 = word 0 ^ address ^ mark_key), for the double-free check.
+ *
+ * Which slab a thread uses is looked up, on every operation, as
+ *     sa_tls.table[sa_tls.cpu->cpu_id_start]
+ * In per-CPU mode sa_tls.cpu is the thread's rseq area (glibc's
+ * registration) and sa_tls.table the table of CPU slabs (sa_zero_slab for a
+ * CPU not set up yet, or being drained); in the per-thread fallback
+ * sa_tls.cpu is a static area whose cpu is always 0 and the table holds the
+ * thread's own slab.  Both modes run the same instructions.  A thread starts
+ * on the static area and sa_zero_table, whose one slab has every header
+ * zero: every operation fails and takes the slow path, which sets the
+ * thread up.
+ *
+ * Header word: bits 0-15 the slot index one past the top of the class's
+ * stack (cur), bits 16-63 the mallocs of the class on this slab, mod 2^48.
+ * malloc commits with one add of 0xffff (cur - 1, mallocs + 1), free with
+ * one add of 1.  A pop needs cur > begin, a push cur < end.
+ */
+#ifndef SPANALLOC_PERCPU_H
+#define SPANALLOC_PERCPU_H
+
+#include "internal.h"
+
+#define SA_SLAB_SHIFT 17 /* the layout keeps a slab within 128 KiB */
+#define SA_SLAB_CUR_MASK ((uint64_t)0xffff)
+
+struct sa_slab_class {
+    uint64_t word;             /* cur | mallocs << 16: committed by the sections */
+    uint16_t begin, end;       /* the bounds the sections check */
+    uint16_t spare[2];
+    _Atomic uint64_t moved;    /* blocks refilled minus blocks taken out */
+    uint64_t seen;             /* mallocs extended to 64 bits by readers */
+};
+_Static_assert(sizeof(struct sa_slab_class) == 1u << SA_LIST_SHIFT, "slab header size");
+
+/* The first words of an rseq area (glibc's struct rseq) that we use. */
+struct sa_rseq_view {
+    uint32_t cpu_id_start;
+    uint32_t cpu_id;
+    uint64_t rseq_cs;
+};
+
+/* Both in one TLS object: in a shared library each initial-exec TLS object
+ * costs a load of its offset from the GOT. */
+struct sa_tls_cache {
+    struct sa_rseq_view *cpu;
+    char *const *table; /* slab of cpu c: table[c] */
+};
+extern __thread struct sa_tls_cache sa_tls __attribute__((tls_model("initial-exec")));
+extern struct sa_rseq_view sa_fake_rseq;
+extern const struct sa_slab_class sa_zero_slab[SA_NUM_CLASSES];
+extern char *const sa_zero_table[1];
+/* What malloc's pop yields when it fails (alloc/mcache.h): two words whose
+ * mark check can never pass.  Word 1 is XORed by every failed pop with the
+ * same value, so it only ever takes two values, both nonzero. */
+extern uintptr_t sa_poison_block[2];
+
+static inline struct sa_slab_class *sa_slab_class_at(char *slab, size_t list_off)
+{
+    return (struct sa_slab_class *)(slab + list_off);
+}
+
+static inline void **sa_slab_slots(char *slab)
+{
+    return (void **)slab;
+}
+
+#if defined(__x86_64__) && !defined(SA_TSAN)
+#define SA_PERCPU_ASM 1
+
+/* The critical sections.  Each one stores its descriptor (struct rseq_cs:
+ * version, flags, start, post-commit offset, abort) into the rseq area, then
+ * runs from label 1 to label 2, where the one committing instruction ends.
+ * The kernel, if it preempts, migrates or signals the thread in between,
+ * clears rseq_cs and resumes at label 4, which must follow the 4-byte
+ * signature glibc registered (RSEQ_SIG, encoded in a ud1 instruction so
+ * that no disassembler takes it for code): 4 jumps back to 0, which stores
+ * the descriptor again.  Leaving early (to a C label) needs nothing: outside
+ * [1, 2) the kernel ignores the descriptor.  Everything before the commit
+ * is a load or a store that nobody reads until the commit publishes it, so
+ * restarting from the top is always safe.
+ *
+ * The templates take the scratch registers' names: operands (%[slab]) where
+ * the asm has outputs, hard registers (%%rax) in asm goto, which may not
+ * have outputs here (GCC 12 miscompiles asm goto with outputs). */
+#define SA_RSEQ_START(desc, start, slab, slab32)                     \
+    "leaq " desc "(%%rip), " slab "\n\t"                             \
+    "movq " slab ", 8(%[area])\n\t"                                  \
+    start ":\n\t"                                                    \
+    "movl (%[area]), " slab32 "\n\t"                                 \
+    "movq (%[base]," slab ",8), " slab "\n\t"
+
+#define SA_RSEQ_DESC(desc, start, end, abort)                        \
+    ".pushsection __rseq_cs, \"aw\"\n\t"                             \
+    ".balign 32\n\t"                                                 \
+    desc ":\n\t"                                                     \
+    ".long 0, 0\n\t"                                                 \
+    ".quad " start ", " end " - " start ", " abort "\n\t"            \
+    ".popsection\n\t"
+
+#define SA_RSEQ_ABORT(label, restart)                                \
+    ".byte 0x0f, 0xb9, 0x3d\n\t"                                     \
+    ".long 0x53053053\n\t"                                           \
+    label ":\n\t"                                                    \
+    "jmp " restart "\n\t"
+
+#define SA_RSEQ_PROLOGUE(slab, slab32) "0:\n\t" SA_RSEQ_START("3f", "1", slab, slab32)
+
+#define SA_RSEQ_EPILOGUE_TO(restart)                                 \
+    "2:\n\t"                                                         \
+    SA_RSEQ_DESC("3", "1b", "2b", "4f")                              \
+    ".pushsection .text.unlikely.sa_rseq, \"ax\"\n\t"                \
+    SA_RSEQ_ABORT("4", restart)                                      \
+    ".popsection\n\t"
+
+/* A section with outputs that cannot complete (empty, full) leaves through
+ * label 5, out of line, which sets ZF; a committed one ends with ZF clear
+ * (its commit's result is never 0: the low 16 bits are a slot index past the
+ * headers).  The C side branches on ZF. */
+#define SA_RSEQ_FAIL_STUB                                            \
+    ".pushsection .text.unlikely.sa_rseq, \"ax\"\n\t"                \
+    "5:\n\t"                                                         \
+    "xorl %k[cur], %k[cur]\n\t"                                      \
+    "jmp 2b\n\t"                                                     \
+    ".popsection\n\t"
+
+/* Pop the top block of a class; goto `empty` if there is none (or the
+ * CPU's slab is not set up, or is being drained).  DELTA is the commit:
+ * 0xffff counts a malloc, -1 does not (a block taken back by the slow
+ * path).  `slab_out` gets the slab the pop came from. */
+#define SA_SLAB_POP(off_, delta_, result_, slab_out_, empty_)                  \
+    do {                                                                        \
+        uintptr_t sa_cur_;                                                      \
+        bool sa_fail_;                                                          \
+        __asm__ volatile(SA_RSEQ_PROLOGUE("%[slab]", "%k[slab]")                \
+                 "movzwl (%[slab],%[off]), %k[cur]\n\t"                         \
+                 "cmpw 8(%[slab],%[off]), %w[cur]\n\t"                          \
+                 "jbe 5f\n\t"                                                   \
+                 "movq -8(%[slab],%[cur],8), %[res]\n\t"                        \
+                 "addq %[d], (%[slab],%[off])\n\t"                              \
+                 SA_RSEQ_EPILOGUE_TO("0b") SA_RSEQ_FAIL_STUB                    \
+                 : [res] "=&a"(result_), [slab] "=&r"(slab_out_), [cur] "=&r"(sa_cur_), \
+                   "=@ccz"(sa_fail_)                                            \
+                 : [area] "r"(sa_tls.cpu), [off] "r"((uintptr_t)(off_)),        \
+                   [base] "r"(sa_tls.table), [d] "i"(delta_)                    \
+                 : "memory");                                                   \
+        if (SA_UNLIKELY(sa_fail_))                                              \
+            goto empty_;                                                        \
+    } while (0)
+
+/* malloc's pop: as SA_SLAB_POP with a malloc counted, but a failed pop
+ * leaves `result` = sa_poison_block instead of setting a flag, so that the
+ * caller's mark check (which fails on it) is the only branch: the miss path
+ * tells the poison block from a corrupted one. */
+#define SA_SLAB_POP_MALLOC(off_, result_)                                      \
+    do {                                                                        \
+        uintptr_t sa_cur_, sa_slab_;                                            \
+        __asm__ volatile(SA_RSEQ_PROLOGUE("%[slab]", "%k[slab]")                \
+                 "movzwl (%[slab],%[off]), %k[cur]\n\t"                         \
+                 "cmpw 8(%[slab],%[off]), %w[cur]\n\t"                          \
+                 "jbe 5f\n\t"                                                   \
+                 "movq -8(%[slab],%[cur],8), %[res]\n\t"                        \
+                 "addq $0xffff, (%[slab],%[off])\n\t"                           \
+                 SA_RSEQ_EPILOGUE_TO("0b")                                      \
+                 ".pushsection .text.unlikely.sa_rseq, \"ax\"\n\t"              \
+                 "5:\n\t"                                                       \
+                 "leaq sa_poison_block(%%rip), %[res]\n\t"                      \
+                 "jmp 2b\n\t"                                                   \
+                 ".popsection\n\t"                                              \
+                 : [res] "=&a"(result_), [slab] "=&r"(sa_slab_), [cur] "=&r"(sa_cur_) \
+                 : [area] "r"(sa_tls.cpu), [off] "r"((uintptr_t)(off_)),        \
+                   [base] "r"(sa_tls.table)                                     \
+                 : "memory", "cc");                                             \
+    } while (0)
+
+/* Push a block that already carries its mark (slow paths: refills). */
+#define SA_SLAB_PUSH(off_, block_, slab_out_, full_)                            \
+    do {                                                                        \
+        uintptr_t sa_cur_;                                                      \
+        bool sa_fail_;                                                          \
+        __asm__ volatile(SA_RSEQ_PROLOGUE("%[slab]", "%k[slab]")                \
+                 "movzwl (%[slab],%[off]), %k[cur]\n\t"                         \
+                 "cmpw 10(%[slab],%[off]), %w[cur]\n\t"                         \
+                 "jae 5f\n\t"                                                   \
+                 "movq %[blk], (%[slab],%[cur],8)\n\t"                          \
+                 "addq $1, (%[slab],%[off])\n\t"                                \
+                 SA_RSEQ_EPILOGUE_TO("0b") SA_RSEQ_FAIL_STUB                    \
+                 : [slab] "=&r"(slab_out_), [cur] "=&r"(sa_cur_), "=@ccz"(sa_fail_) \
+                 : [area] "r"(sa_tls.cpu), [off] "r"((uintptr_t)(off_)),        \
+                   [base] "r"(sa_tls.table), [blk] "r"(block_)                  \
+                 : "memory");                                                   \
+        if (SA_UNLIKELY(sa_fail_))                                              \
+            goto full_;                                                         \
+    } while (0)
+
+/* free's push: also the double-free check and the free mark, inside the
+ * section (word 1 gets word 0 ^ address ^ sa_mark_key: the mark
+ * sa_block_is_free recognises).  A block already carrying the mark
+ * goes to `full` like a full class: the slow path checks again and reports.
+ * The mark is read after the room check, so that a slab without room (the
+ * zero slab under valgrind) never reads user memory.  Scratch: rax (slab),
+ * rcx (cur), r11 (mark).
+ *
+ * Restarted, the section may find the mark it wrote itself before it was
+ * interrupted: the abort handler goes to a copy of the section without the
+ * check (labels 6-10, a section of its own).  If the copy finds no room
+ * (the CPU's slab was swapped out by a drain meanwhile) it clears word 1
+ * before going to the slow path, which would otherwise take its own mark
+ * for a double free.  A double free that a preemption catches inside the
+ * window goes unreported there (or is reported later as a corrupted block):
+ * the check is best effort, as it is for two threads freeing one block at
+ * once. */
+#define SA_PUSH_MARKED_BODY(full)                                               \
+    "movzwl (%%rax,%[off]), %%ecx\n\t"                                          \
+    "cmpw 10(%%rax,%[off]), %%cx\n\t"                                           \
+    "jae " full "\n\t"                                                          \
+    "movq (%[blk]), %%r11\n\t"                                                  \
+    "xorq %[blk], %%r11\n\t"                                                    \
+    "xorq sa_mark_key(%%rip), %%r11\n\t"
+
+#define SA_PUSH_MARKED_COMMIT                                                   \
+    "movq %%r11, 8(%[blk])\n\t"                                                 \
+    "movq %[blk], (%%rax,%%rcx,8)\n\t"                                          \
+    "addq $1, (%%rax,%[off])\n\t"
+
+#define SA_SLAB_PUSH_MARKED(off_, block_, full_)                               \
+    __asm__ goto("0:\n\t" SA_RSEQ_START("3f", "1", "%%rax", "%%eax")           \
+                 SA_PUSH_MARKED_BODY("%l[" #full_ "]")                          \
+                 "cmpq %%r11, 8(%[blk])\n\t"                                    \
+                 "je %l[" #full_ "]\n\t"                                        \
+                 SA_PUSH_MARKED_COMMIT                                          \
+                 SA_RSEQ_EPILOGUE_TO("6f")                                      \
+                 ".pushsection .text.unlikely.sa_rseq, \"ax\"\n\t"              \
+                 "6:\n\t" SA_RSEQ_START("8f", "7", "%%rax", "%%eax")            \
+                 SA_PUSH_MARKED_BODY("11f")                                     \
+                 SA_PUSH_MARKED_COMMIT                                          \
+                 "9:\n\t"                                                       \
+                 "jmp 2b\n\t"                                                   \
+                 "11:\n\t"                                                      \
+                 "movq $0, 8(%[blk])\n\t"                                       \
+                 "jmp %l[" #full_ "]\n\t"                                       \
+                 SA_RSEQ_ABORT("10", "6b")                                      \
+                 ".popsection\n\t"                                              \
+                 SA_RSEQ_DESC("8", "7b", "9b", "10b")                           \
+                 : /* none */                                                   \
+                 : [area] "r"(sa_tls.cpu), [off] "r"((uintptr_t)(off_)),        \
+                   [base] "r"(sa_tls.table), [blk] "r"(block_)                  \
+                 : "memory", "cc", "rax", "rcx", "r11"                          \
+                 : full_)
+
+#else /* the per-thread fallback only: the same operations in C */
+
+static inline char *sa_slab_current(void)
+{
+    return sa_tls.table[sa_tls.cpu->cpu_id_start];
+}
+
+#define SA_SLAB_POP(off, delta, result, slab_out, empty)                       \
+    do {                                                                        \
+        char *sa_s_ = sa_slab_current();                                        \
+        struct sa_slab_class *sa_h_ = sa_slab_class_at(sa_s_, (off));           \
+        uint64_t sa_w_ = SA_PEER_READ(sa_h_->word);                             \
+        uint16_t sa_cur_ = (uint16_t)(sa_w_ & SA_SLAB_CUR_MASK);                \
+        if (SA_UNLIKELY(sa_cur_ <= sa_h_->begin))                               \
+            goto empty;                                                         \
+        (result) = sa_slab_slots(sa_s_)[sa_cur_ - 1];                           \
+        __atomic_store_n(&sa_h_->word, sa_w_ + (uint64_t)(int64_t)(delta), __ATOMIC_RELAXED); \
+        (slab_out) = sa_s_;                                                     \
+    } while (0)
+
+#define SA_SLAB_PUSH_BODY(off, block, slab_out, full, extra)                   \
+    do {                                                                        \
+        char *sa_s_ = sa_slab_current();                                        \
+        struct sa_slab_class *sa_h_ = sa_slab_class_at(sa_s_, (off));           \
+        uint64_t sa_w_ = SA_PEER_READ(sa_h_->word);                             \
+        uint16_t sa_cur_ = (uint16_t)(sa_w_ & SA_SLAB_CUR_MASK);                \
+        if (SA_UNLIKELY(sa_cur_ >= sa_h_->end))                                 \
+            goto full;                                                          \
+        extra;                                                                  \
+        sa_slab_slots(sa_s_)[sa_cur_] = (block);                                \
+        __atomic_store_n(&sa_h_->word, sa_w_ + 1, __ATOMIC_RELAXED);            \
+        (slab_out) = sa_s_;                                                     \
+    } while (0)
+
+#define SA_SLAB_PUSH_MARKED(off, block, full)                                   \
+    do {                                                                        \
+        char *sa_ign_;                                                          \
+        SA_SLAB_PUSH_BODY(off, block, sa_ign_, full, {                          \
+            uintptr_t *sa_b_ = (uintptr_t *)(block);                            \
+            uintptr_t sa_mark_ = sa_b_[0] ^ (uintptr_t)sa_b_ ^ sa_mark_key;     \
+            if (SA_UNLIKELY(sa_b_[1] == sa_mark_))                              \
+                goto full;                                                      \
+            sa_b_[1] = sa_mark_;                                                \
+        });                                                                     \
+        (void)sa_ign_;                                                          \
+    } while (0)
+
+#define SA_SLAB_PUSH(off, block, slab_out, full) \
+    SA_SLAB_PUSH_BODY(off, block, slab_out, full, (void)0)
+
+#endif
+
+/* ---- Per-CPU mode (alloc/percpu.c) */
+/* Whether this process runs per-CPU caches: decided once, on the first
+ * thread setup after init (rseq registered, membarrier's rseq fence
+ * available, SPANALLOC_PERCPU not off). */
+bool sa_percpu_enabled(void);
+/* Make the calling thread use the CPU slabs; false if it cannot (its rseq
+ * registration failed): it then uses a slab of its own. */
+bool sa_percpu_attach_thread(void);
+/* Set up the slab of the CPU the thread runs on, if not yet (slow path,
+ * after an operation found it all zero). */
+void sa_percpu_prepare_current(void);
+/* Every set-up CPU slab's blocks back to the mcentrals (free_os_memory,
+ * the memory limit). */
+void sa_percpu_drain_all(void);
+/* Scavenger hook: drain the slab of each CPU that did no cache operation
+ * since the previous call.  Returns the number of CPU caches drained. */
+unsigned sa_percpu_drain_idle(void);
+unsigned sa_percpu_cpus_ready(void);
+unsigned sa_percpu_ncpus(void);
+char *sa_percpu_slab_of(unsigned cpu); /* NULL unless set up */
+uint64_t sa_percpu_sys_bytes(void);
+void sa_percpu_fold_stats(uint64_t *mallocs, uint64_t *frees);
+void sa_percpu_fork_prepare(void);
+void sa_percpu_fork_parent(void);
+void sa_percpu_fork_child(void);
+
+/* ---- Shared with mcache.c: the slab layout and the moves to and from the
+ * mcentrals. */
+size_t sa_slab_bytes(void);               /* one slab, rounded to OS pages */
+void sa_slab_init(char *slab, bool full_caps); /* before the slab is published */
+uint16_t sa_slab_region_base(unsigned cls);
+uint16_t sa_slab_region_cap(unsigned cls);
+/* Fold one slab's counters in; `seen` is updated, so callers serialise. */
+void sa_slab_fold(char *slab, uint64_t *mallocs, uint64_t *frees);
+/* Every block of every class back to the mcentrals.  The caller owns the
+ * slab exclusively (its thread, or a CPU slab swapped out and fenced). */
+void sa_slab_flush_exclusive(char *slab);
+
+#endif /* SPANALLOC_PERCPU_H */
