@@ -8,16 +8,27 @@
 #define SPANALLOC_ENTRY_H
 
 #include "mcache.h"
+#include "sampler.h"
 
 void *sa_malloc_large(size_t size, size_t align);
 
-static inline void *sa_malloc_inline(size_t size)
+/* malloc without the heap profile's hook (the sampler's fallback). */
+static inline void *sa_malloc_unsampled(size_t size)
 {
     if (SA_LIKELY(size <= SA_DIRECT_MAX))
         return sa_mcache_alloc(sa_direct_size_to_list[size]);
     if (SA_LIKELY(size <= SA_MAX_SMALL))
         return sa_mcache_alloc(sa_size_list_offset(size));
     return sa_malloc_large(size, 0);
+}
+
+static inline void *sa_malloc_inline(size_t size)
+{
+    /* ---- heap profile (profile/sampler.h): count down, sample out of line */
+    if (SA_UNLIKELY(sa_profile_tick(size)))
+        return sa_profile_malloc(size, 0);
+    /* ---- */
+    return sa_malloc_unsampled(size);
 }
 
 /* A small block is freed only if it is the start of an object of its span

@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "internal.h"
+#include "profile.h"
 #include "valgrind_hooks.h"
 
 #define NS_PER_MS 1000000ull
@@ -116,8 +117,31 @@ static void warn_option(const char *name, const char *value)
     }
 }
 
+/* ---- The heap profile's options (profile/, docs/tuning.md) */
+static void read_profile_options(void)
+{
+    const char *v;
+    if ((v = getenv("SPANALLOC_PROFILE_RATE")) != NULL &&
+        strcmp(v, "off") != 0 && !sa_parse_bytes(v, &sa_profile_options.rate))
+        warn_option("SPANALLOC_PROFILE_RATE", v);
+    if (v != NULL && strcmp(v, "off") == 0)
+        sa_profile_options.rate = 0;
+    if ((v = getenv("SPANALLOC_PROFILE_FILE")) != NULL && *v != '\0') {
+        if (strlen(v) < sizeof(sa_profile_options.file))
+            memcpy(sa_profile_options.file, v, strlen(v) + 1);
+        else
+            warn_option("SPANALLOC_PROFILE_FILE", "(path too long)");
+    }
+    if ((v = getenv("SPANALLOC_PROFILE_INTERVAL")) != NULL &&
+        !sa_parse_duration(v, &sa_profile_options.interval_ns))
+        warn_option("SPANALLOC_PROFILE_INTERVAL", v);
+    if ((v = getenv("SPANALLOC_PROFILE_LEAKS")) != NULL)
+        sa_profile_options.leaks = strcmp(v, "0") != 0 && *v != '\0';
+}
+
 static void read_options(void)
 {
+    read_profile_options();
     const char *v;
     if ((v = getenv("SPANALLOC_SCAVENGE_IDLE")) != NULL &&
         !sa_parse_duration(v, &sa_options.scavenge_idle_ns))
@@ -175,10 +199,12 @@ static void fork_prepare(void)
     sa_mcentral_fork_prepare();
     sa_mheap_lock();
     sa_scavenger_fork_prepare();
+    sa_profile_fork_prepare();
 }
 
 static void fork_parent(void)
 {
+    sa_profile_fork_parent();
     sa_scavenger_fork_parent();
     sa_mheap_unlock();
     sa_mcentral_fork_parent();
@@ -187,6 +213,7 @@ static void fork_parent(void)
 
 static void fork_child(void)
 {
+    sa_profile_fork_child();
     sa_snapshot_fork_child();
     sa_scavenger_fork_child();
     sa_mheap_fork_child();
@@ -226,6 +253,7 @@ void sa_init_slow(void)
     atomic_store_explicit(&sa_init_state, 2, memory_order_release);
     /* These may allocate; the allocator is ready now. */
     pthread_atfork(fork_prepare, fork_parent, fork_child);
+    sa_profile_init_late();
     if (sa_options.stats_at_exit >= 0) {
         stats_fd = fcntl(STDERR_FILENO, F_DUPFD_CLOEXEC, 3);
         atexit(print_stats_at_exit);

@@ -112,6 +112,11 @@ struct sa_span {
     struct sa_span *age_next, *age_prev; /* dirty spans, oldest first */
     uint64_t idle_since_ns;              /* when the span last became idle */
     uint32_t released_pages;             /* pages whose memory is with the OS */
+
+    /* The heap profile's record of the span's one object if it was sampled
+     * (profile/), else NULL: set after the heap hands the span out, cleared
+     * before it goes back, so every span the heap holds has NULL here. */
+    void *prof;
 } __attribute__((aligned(64))); /* what free() reads shares one cache line */
 
 struct sa_span_list {

@@ -54,12 +54,25 @@ void sa_free_not_small(void *ptr, struct sa_span *s)
     if (s == &sa_span_none)
         s = NULL;
     if (s != NULL && s->state == SA_SPAN_LARGE && (uintptr_t)ptr == s->base) {
+        if (SA_UNLIKELY(s->prof != NULL))
+            sa_profile_free(s); /* a sampled block: its record goes first */
         SA_VG_FREELIKE(ptr);
         sa_mheap_free_large_cached(s);
         return;
     }
     sa_checked_span(ptr, "free");
     sa_report("free: invalid pointer", ptr, s); /* a valid small block never gets here */
+}
+
+/* What malloc_usable_size says of the block of span s: a sampled small
+ * block has its class's size, as it would have unsampled. */
+static size_t span_usable(const struct sa_span *s)
+{
+    if (s->state == SA_SPAN_SMALL)
+        return s->elem_size;
+    if (SA_UNLIKELY(s->prof != NULL))
+        return sa_profile_usable(s);
+    return (size_t)s->npages << SA_PAGE_SHIFT;
 }
 
 /* ---- Entry points shared with override.c */
@@ -78,15 +91,12 @@ size_t sa_usable_size(const void *ptr)
 {
     if (ptr == NULL)
         return 0;
-    struct sa_span *s = sa_checked_span(ptr, "malloc_usable_size");
-    if (s->state == SA_SPAN_SMALL)
-        return s->elem_size;
-    return (size_t)s->npages << SA_PAGE_SHIFT;
+    return span_usable(sa_checked_span(ptr, "malloc_usable_size"));
 }
 
 /* A small class whose size is a multiple of align (align <= page size):
  * objects start at page-aligned span bases, so every object is aligned. */
-static unsigned aligned_class(size_t size, size_t align)
+unsigned sa_aligned_class(size_t size, size_t align)
 {
     if (size > SA_MAX_SMALL) /* also keeps the rounding below from wrapping */
         return 0;
@@ -99,16 +109,28 @@ static unsigned aligned_class(size_t size, size_t align)
     return 0;
 }
 
-static void *malloc_aligned(size_t align, size_t size)
+static void *malloc_aligned_unsampled(size_t align, size_t size)
 {
     if (align <= 16)
-        return sa_malloc_inline(size);
+        return sa_malloc_unsampled(size);
     if (align <= SA_PAGE_SIZE) {
-        unsigned cls = aligned_class(size, align);
+        unsigned cls = sa_aligned_class(size, align);
         if (cls != 0)
             return sa_mcache_alloc((size_t)cls << SA_LIST_SHIFT);
     }
     return sa_malloc_large(size, align);
+}
+
+static void *malloc_aligned(size_t align, size_t size)
+{
+    if (SA_UNLIKELY(sa_profile_tick(size)))
+        return sa_profile_malloc(size, align <= 16 ? 0 : align);
+    return malloc_aligned_unsampled(align, size);
+}
+
+void *sa_malloc_plain(size_t size, size_t align)
+{
+    return align == 0 ? sa_malloc_unsampled(size) : malloc_aligned_unsampled(align, size);
 }
 
 /* ---- The prefixed API */
@@ -147,13 +169,14 @@ void *spanalloc_realloc(void *ptr, size_t size)
         return NULL;
     }
     struct sa_span *s = sa_checked_span(ptr, "realloc");
-    size_t usable = s->state == SA_SPAN_SMALL ? s->elem_size : (size_t)s->npages << SA_PAGE_SHIFT;
+    size_t usable = span_usable(s);
     /* Keep the block while the new size fits and wastes at most half. */
     if (size <= usable && size >= usable / 2)
         return ptr;
     /* A large block grows in place into a free span that follows it (not
      * under memcheck, whose record of the block's size would go stale). */
-    if (s->state == SA_SPAN_LARGE && size > usable && size <= SA_MAX_REQUEST && !sa_on_valgrind &&
+    if (s->state == SA_SPAN_LARGE && s->prof == NULL && size > usable && size <= SA_MAX_REQUEST &&
+        !sa_on_valgrind &&
         sa_mheap_grow_large(s, (size + SA_PAGE_SIZE - 1) >> SA_PAGE_SHIFT))
         return ptr;
     void *fresh = sa_malloc_inline(size);
