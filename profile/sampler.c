@@ -36,6 +36,8 @@ static uint64_t splitmix64(uint64_t *state)
 /* An exponential draw with mean rate, in bytes (at least 1). */
 static uint64_t draw_budget(uint64_t rate)
 {
+    if (rate == 1)
+        return 0; /* every allocation (as Go's MemProfileRate = 1) */
     if (rng_state == 0) {
         uint64_t seed = 0;
         sa_os_random(&seed, sizeof(seed));
