@@ -175,8 +175,8 @@ void *spanalloc_realloc(void *ptr, size_t size)
         return ptr;
     /* A large block grows in place into a free span that follows it (not
      * under memcheck, whose record of the block's size would go stale). */
-    if (s->state == SA_SPAN_LARGE && s->prof == NULL && size > usable && size <= SA_MAX_REQUEST &&
-        !sa_on_valgrind &&
+    if (s->state == SA_SPAN_LARGE && (s->prof == NULL || !sa_profile_is_small(s)) &&
+        size > usable && size <= SA_MAX_REQUEST && !sa_on_valgrind &&
         sa_mheap_grow_large(s, (size + SA_PAGE_SIZE - 1) >> SA_PAGE_SHIFT))
         return ptr;
     void *fresh = sa_malloc_inline(size);

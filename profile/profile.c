@@ -161,7 +161,13 @@ void sa_profile_free(struct sa_span *s)
 size_t sa_profile_usable(const struct sa_span *s)
 {
     const struct sa_prof_block *blk = s->prof;
-    return blk->usable;
+    return blk->cls != 0 ? blk->usable : (size_t)s->npages << SA_PAGE_SHIFT;
+}
+
+bool sa_profile_is_small(const struct sa_span *s)
+{
+    const struct sa_prof_block *blk = s->prof;
+    return blk->cls != 0;
 }
 
 void sa_profile_read_stats(struct sa_profile_stats *out)

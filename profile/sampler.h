@@ -17,6 +17,7 @@
 #ifndef SPANALLOC_SAMPLER_H
 #define SPANALLOC_SAMPLER_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -50,6 +51,10 @@ static inline int sa_profile_tick(size_t size)
  * is its size class's, as if it had not been sampled. */
 void sa_profile_free(struct sa_span *s);
 size_t sa_profile_usable(const struct sa_span *s);
+/* A sampled small block sits in a span bigger than its usable size: it must
+ * not "grow in place" into it.  A sampled large block may (its record keeps
+ * the size it was sampled at, which its free takes back out). */
+bool sa_profile_is_small(const struct sa_span *s);
 
 /* The unsampled allocation the sampler falls back to (malloc.c). */
 void *sa_malloc_plain(size_t size, size_t align);

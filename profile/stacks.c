@@ -78,7 +78,6 @@ static bool in_own_text(uintptr_t pc)
     return false;
 }
 
-#ifndef SA_HAVE_LIBUNWIND
 struct walk {
     uintptr_t *pcs;
     unsigned n, max;
@@ -103,35 +102,43 @@ static _Unwind_Reason_Code on_frame(struct _Unwind_Context *uc, void *arg)
     return w->n == w->max ? _URC_END_OF_STACK : _URC_NO_REASON;
 }
 
-#endif
-
 /* Frames of the sampler itself (sa_stack_capture, sample, sa_profile_malloc:
  * none inlined into another) that unw_backtrace reports first. */
 #define SAMPLER_FRAMES 3
+
+#ifdef SA_HAVE_LIBUNWIND
+static unsigned capture_libunwind(uintptr_t *pcs, unsigned max)
+{
+    void *raw[SA_PROF_MAX_DEPTH + SAMPLER_FRAMES + 8];
+    unsigned cap = max + SAMPLER_FRAMES + 8;
+    if (cap > sizeof(raw) / sizeof(raw[0]))
+        cap = sizeof(raw) / sizeof(raw[0]);
+    int r = unw_backtrace(raw, (int)cap);
+    unsigned got = r > 0 ? (unsigned)r : 0;
+    unsigned i = got > SAMPLER_FRAMES ? SAMPLER_FRAMES : got;
+    while (i < got && in_own_text((uintptr_t)raw[i]))
+        i++;
+    unsigned n = 0;
+    for (; i < got && n < max; i++)
+        pcs[n++] = (uintptr_t)raw[i];
+    return n;
+}
+#endif
 
 SA_NOINLINE unsigned sa_stack_capture(uintptr_t *pcs, unsigned max, uintptr_t above_cfa)
 {
     if (SA_UNLIKELY(atomic_load_explicit(&own_text_state, memory_order_relaxed) == 0))
         find_own_text();
 #ifdef SA_HAVE_LIBUNWIND
-    (void)above_cfa;
-    void *raw[SA_PROF_MAX_DEPTH + SAMPLER_FRAMES + 8];
-    unsigned cap = max + SAMPLER_FRAMES + 8;
-    if (cap > sizeof(raw) / sizeof(raw[0]))
-        cap = sizeof(raw) / sizeof(raw[0]);
-    int got = unw_backtrace(raw, (int)cap);
-    unsigned i = got > SAMPLER_FRAMES ? SAMPLER_FRAMES : (got > 0 ? (unsigned)got : 0);
-    while (i < (unsigned)(got > 0 ? got : 0) && in_own_text((uintptr_t)raw[i]))
-        i++;
-    unsigned n = 0;
-    for (; i < (unsigned)got && n < max; i++)
-        pcs[n++] = (uintptr_t)raw[i];
-    return n;
-#else
+    /* Under memcheck, libunwind's probe of each address (a write() of stack
+     * bytes it did not initialise) is reported as an error; speed does not
+     * matter there, so libgcc unwinds. */
+    if (!sa_on_valgrind)
+        return capture_libunwind(pcs, max);
+#endif
     struct walk w = {pcs, 0, max, above_cfa};
     _Unwind_Backtrace(on_frame, &w);
     return w.n;
-#endif
 }
 
 const char *sa_stack_symbol(uintptr_t pc, uintptr_t *offset)
