@@ -1,7 +1,7 @@
 /*
  * spanalloc-top: a live view of a process's spanalloc snapshot file.
  *
- *   spanalloc-top [--once] [--classes N] PATH
+ *   spanalloc-top [--once] [--classes N] [--profile PROFILE] PATH
  *
  * PATH is a file written by a process started with SPANALLOC_STATS_FILE
  * (JSON, or the Prometheus text format when the name ends in .prom; the
@@ -11,7 +11,9 @@
  * snapshot, a sparkline of the recent snapshots, and the size classes holding
  * the most live bytes.  q, Ctrl-C or SIGTERM quit and give the terminal back;
  * a resized window is redrawn at once.  --once prints one plain table and
- * exits (for scripts).
+ * exits (for scripts).  --profile names a heap profile the process writes
+ * (SPANALLOC_PROFILE_FILE with SPANALLOC_PROFILE_INTERVAL): its top live
+ * sites are shown too, read again at every refresh (pprof_sites.c).
  *
  * This is an ordinary program: it runs on whatever malloc it was started with
  * and uses stdio freely.  The names it reads come from snapshot_format.h, the
@@ -33,6 +35,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "pprof_sites.h"
 #include "snapshot_format.h"
 
 #define HISTORY 256
@@ -415,6 +418,28 @@ static double age_seconds(const struct sa_snapshot *s)
 
 /* ---- --once: one plain table */
 
+/* ---- The heap profile's top live sites (--profile) */
+
+#define SITES 5
+static const char *profile_path;
+
+static void print_sites(void)
+{
+    struct pprof_site sites[SITES];
+    int64_t total = 0;
+    char err[600];
+    int n = pprof_top_sites(profile_path, sites, SITES, &total, err, sizeof(err));
+    if (n < 0) {
+        printf("heap profile: %s\n", err);
+        return;
+    }
+    printf("top live sites (heap profile %s, inuse %lld bytes)\n", profile_path, (long long)total);
+    printf("%16s %12s  %s\n", "inuse_bytes", "objects", "site");
+    for (int i = 0; i < n; i++)
+        printf("%16lld %12lld  %s\n", (long long)sites[i].inuse_bytes,
+               (long long)sites[i].inuse_objects, sites[i].name);
+}
+
 static int print_once(const char *path, int nclasses)
 {
     struct reading r;
@@ -454,6 +479,8 @@ static int print_once(const char *path, int nclasses)
                (unsigned long long)rows[i].mallocs, (unsigned long long)rows[i].frees);
     uint64_t large = st->heap_alloc > small_live ? st->heap_alloc - small_live : 0;
     printf("%8s %14s %16llu\n", ">32KiB", "-", (unsigned long long)large);
+    if (profile_path != NULL)
+        print_sites();
     return 0;
 }
 
@@ -671,6 +698,27 @@ static void draw(struct view *v)
     human(large, sizeof(large),
           st->heap_alloc > small_live ? (double)(st->heap_alloc - small_live) : 0, false);
     put_line(cols, "%8s %14s %12s", ">32KiB", "large", large);
+    used += show + 3;
+    if (profile_path != NULL && rows - used > 4) {
+        struct pprof_site sites[SITES];
+        int64_t total = 0;
+        char err[600];
+        int n = pprof_top_sites(profile_path, sites, SITES, &total, err, sizeof(err));
+        put_line(cols, "%s", "");
+        if (n < 0) {
+            put_line(cols, "heap profile: %s", err);
+        } else {
+            char tot[32];
+            human(tot, sizeof(tot), (double)total, false);
+            put_line(cols, "top live sites (heap profile, inuse %s)", tot);
+            for (int i = 0; i < n && i < rows - used - 4; i++) {
+                char b[32];
+                human(b, sizeof(b), (double)sites[i].inuse_bytes, false);
+                put_line(cols, "%12s %12lld  %s", b, (long long)sites[i].inuse_objects,
+                         sites[i].name);
+            }
+        }
+    }
     fputs("q or Ctrl-C quits\033[K\033[J", stdout);
     fflush(stdout);
 }
@@ -738,7 +786,7 @@ static int live(const char *path, int nclasses)
 
 static void usage(FILE *f)
 {
-    fputs("usage: spanalloc-top [--once] [--classes N] PATH\n"
+    fputs("usage: spanalloc-top [--once] [--classes N] [--profile PROFILE] PATH\n"
           "\n"
           "Shows the spanalloc statistics a process writes to PATH when started with\n"
           "SPANALLOC_STATS_FILE=PATH (JSON, or Prometheus text when PATH ends in .prom;\n"
@@ -749,6 +797,8 @@ static void usage(FILE *f)
           "\n"
           "  --once         print one plain table (exact bytes) and exit\n"
           "  --classes N    size classes to list (default 10)\n"
+          "  --profile F    also the top live sites of the heap profile F (written with\n"
+          "                 SPANALLOC_PROFILE_FILE=F and SPANALLOC_PROFILE_INTERVAL)\n"
           "  --help         this text\n"
           "\n"
           "Exit status: 0, 1 when --once cannot read PATH, 2 on a usage error.\n",
@@ -766,6 +816,8 @@ int main(int argc, char **argv)
         } else if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
             usage(stdout);
             return 0;
+        } else if (strcmp(argv[i], "--profile") == 0 && i + 1 < argc) {
+            profile_path = argv[++i];
         } else if (strcmp(argv[i], "--classes") == 0 && i + 1 < argc) {
             char *end;
             long n = strtol(argv[++i], &end, 10);
