@@ -438,6 +438,36 @@ static void writing_leaves_the_heap_alone(void **state)
     set_rate(SA_PROFILE_DEFAULT_RATE, 1);
 }
 
+int mallctl(const char *name, void *oldp, size_t *oldlenp, void *newp, size_t newlen);
+
+/* jemalloc's names: prof.dump writes the profile, opt.prof says sampling is on. */
+static void mallctl_prof_dump_writes_the_profile(void **state)
+{
+    (void)state;
+    set_rate(1, 23);
+    void *p = spanalloc_malloc(4321);
+    char path[] = "/tmp/spanalloc_dump_XXXXXX";
+    int fd = mkstemp(path);
+    close(fd);
+    unlink(path);
+    const char *name = path;
+    assert_int_equal(mallctl("prof.dump", NULL, NULL, &name, sizeof(name)), 0);
+    struct stat st;
+    assert_int_equal(stat(path, &st), 0);
+    assert_true(st.st_size > 20);
+    assert_int_equal(mallctl("prof.dump", NULL, NULL, &name, 1), EINVAL);
+    bool on = false;
+    size_t len = sizeof(on);
+    assert_int_equal(mallctl("opt.prof", &on, &len, NULL, 0), 0);
+    assert_true(on);
+    set_rate(0, 1);
+    assert_int_equal(mallctl("opt.prof", &on, &len, NULL, 0), 0);
+    assert_false(on);
+    unlink(path);
+    spanalloc_free(p);
+    set_rate(SA_PROFILE_DEFAULT_RATE, 1);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -450,6 +480,7 @@ int main(void)
         cmocka_unit_test(writing_races_with_allocating_threads),
         cmocka_unit_test(failing_write_reports_errno_and_leaves_the_heap),
         cmocka_unit_test(writing_leaves_the_heap_alone),
+        cmocka_unit_test(mallctl_prof_dump_writes_the_profile),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
