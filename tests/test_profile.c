@@ -468,9 +468,41 @@ static void mallctl_prof_dump_writes_the_profile(void **state)
     set_rate(SA_PROFILE_DEFAULT_RATE, 1);
 }
 
-int main(void)
+/* SPANALLOC_PROFILE_RATE as the library reads it at load: this binary run
+ * again with the variable set, printing the rate it got. */
+static uint64_t rate_with(const char *value)
 {
+    char cmd[256];
+    snprintf(cmd, sizeof(cmd), "%s /proc/%d/exe --print-rate 2>/dev/null",
+             value ? value : "env -u SPANALLOC_PROFILE_RATE", (int)getpid());
+    FILE *f = popen(cmd, "r");
+    assert_non_null(f);
+    unsigned long long rate = 1;
+    assert_int_equal(fscanf(f, "%llu", &rate), 1);
+    assert_int_equal(pclose(f), 0);
+    return rate;
+}
+
+static void rate_option_is_parsed(void **state)
+{
+    (void)state;
+    assert_int_equal(rate_with(NULL), 512 << 10);
+    assert_int_equal(rate_with("SPANALLOC_PROFILE_RATE=16K"), 16 << 10);
+    assert_int_equal(rate_with("SPANALLOC_PROFILE_RATE=1048576"), 1 << 20);
+    assert_int_equal(rate_with("SPANALLOC_PROFILE_RATE=off"), 0);
+    assert_int_equal(rate_with("SPANALLOC_PROFILE_RATE=0"), 0);
+    assert_int_equal(rate_with("SPANALLOC_PROFILE_RATE=soon"), 512 << 10); /* kept, with a warning */
+}
+
+int main(int argc, char **argv)
+{
+    if (argc == 2 && strcmp(argv[1], "--print-rate") == 0) {
+        spanalloc_free(spanalloc_malloc(1)); /* the library is loaded and read its options */
+        printf("%llu\n", (unsigned long long)sa_profile_options.rate);
+        return 0;
+    }
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(rate_option_is_parsed),
         cmocka_unit_test(sampler_estimate_is_unbiased),
         cmocka_unit_test(sampled_blocks_behave_like_unsampled_ones),
         cmocka_unit_test(sampled_frees_are_found),
