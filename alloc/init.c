@@ -195,6 +195,7 @@ static void read_options(void)
 
 static void fork_prepare(void)
 {
+    sa_stack_fork_prepare(); /* no thread inside libunwind (before any lock) */
     sa_mcache_fork_prepare();
     sa_mcentral_fork_prepare();
     sa_mheap_lock();
@@ -209,6 +210,7 @@ static void fork_parent(void)
     sa_mheap_unlock();
     sa_mcentral_fork_parent();
     sa_mcache_fork_parent();
+    sa_stack_fork_parent();
 }
 
 static void fork_child(void)
@@ -219,6 +221,7 @@ static void fork_child(void)
     sa_mheap_fork_child();
     sa_mcentral_fork_child();
     sa_mcache_fork_child(); /* needs the tiers below it working again */
+    sa_stack_fork_child();
 }
 
 /* Programs may close stderr in their own exit handlers (coreutils do), so

@@ -25,6 +25,7 @@
 #include <dlfcn.h>
 #include <elf.h>
 #include <link.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <sys/auxv.h>
 #include <unwind.h>
@@ -102,6 +103,40 @@ static _Unwind_Reason_Code on_frame(struct _Unwind_Context *uc, void *arg)
     return w->n == w->max ? _URC_END_OF_STACK : _URC_NO_REASON;
 }
 
+/* ---- The fork gate
+ *
+ * libunwind takes locks of its own, and the loader's, on a cache miss; a
+ * fork while another thread held one would leave it held in the child.  So
+ * fork's prepare handler (before it takes any allocator lock) raises
+ * `forking` and waits until no thread is inside libunwind; a sampler that
+ * finds the gate raised unwinds with libgcc instead, which takes no lock.
+ * The wait is short (one stack walk) and cannot deadlock: an unwinder may
+ * call malloc, and no allocator lock is held yet.  Sequentially consistent
+ * on both sides (each writes one flag and reads the other's). */
+static _Atomic unsigned unwinders;
+static _Atomic bool forking;
+/* A signal handler that forks while its thread is inside libunwind must not
+ * wait for itself. */
+static __thread bool self_unwinding __attribute__((tls_model("initial-exec")));
+
+void sa_stack_fork_prepare(void)
+{
+    atomic_store(&forking, true);
+    while (atomic_load(&unwinders) > (self_unwinding ? 1u : 0u))
+        sched_yield();
+}
+
+void sa_stack_fork_parent(void)
+{
+    atomic_store(&forking, false);
+}
+
+void sa_stack_fork_child(void)
+{
+    atomic_store(&unwinders, 0);
+    atomic_store(&forking, false);
+}
+
 /* Frames of the sampler itself (sa_stack_capture, sample, sa_profile_malloc:
  * none inlined into another) that unw_backtrace reports first. */
 #define SAMPLER_FRAMES 3
@@ -132,9 +167,19 @@ SA_NOINLINE unsigned sa_stack_capture(uintptr_t *pcs, unsigned max, uintptr_t ab
 #ifdef SA_HAVE_LIBUNWIND
     /* Under memcheck, libunwind's probe of each address (a write() of stack
      * bytes it did not initialise) is reported as an error; speed does not
-     * matter there, so libgcc unwinds. */
-    if (!sa_on_valgrind)
-        return capture_libunwind(pcs, max);
+     * matter there, so libgcc unwinds.  While a fork is being prepared,
+     * libgcc unwinds too (see the fork gate below). */
+    if (!sa_on_valgrind) {
+        atomic_fetch_add(&unwinders, 1);
+        if (!atomic_load(&forking)) {
+            self_unwinding = true;
+            unsigned n = capture_libunwind(pcs, max);
+            self_unwinding = false;
+            atomic_fetch_sub(&unwinders, 1);
+            return n;
+        }
+        atomic_fetch_sub(&unwinders, 1);
+    }
 #endif
     struct walk w = {pcs, 0, max, above_cfa};
     _Unwind_Backtrace(on_frame, &w);

@@ -317,6 +317,51 @@ static void fork_with_sampled_blocks_live(void **state)
     set_rate(SA_PROFILE_DEFAULT_RATE, 1);
 }
 
+static _Atomic bool stop_churn;
+static void *churn(void *arg);
+
+__attribute__((noinline)) static void *child_only_site(size_t n)
+{
+    return spanalloc_malloc(n); /* a stack the unwinder has not seen: a cache miss */
+}
+
+/* Fork again and again while two threads sample heavily (every 256 bytes,
+ * so some thread is usually inside the unwinder): the child must unwind,
+ * record and write a profile without finding a lock left held. */
+static void fork_while_threads_sample(void **state)
+{
+    (void)state;
+    sa_profile_options.rate = 256;
+    atomic_store(&stop_churn, false);
+    pthread_t t[2];
+    for (int i = 0; i < 2; i++)
+        assert_int_equal(pthread_create(&t[i], NULL, churn, NULL), 0);
+    for (int round = 0; round < 20; round++) {
+        pid_t pid = fork();
+        assert_true(pid >= 0);
+        if (pid == 0) {
+            set_rate(1, 29);
+            void *p = child_only_site(100 + (size_t)round);
+            CHILD_CHECK(is_sampled(p));
+            char path[64];
+            snprintf(path, sizeof(path), "/tmp/spanalloc_prof_fork_%d", (int)getpid());
+            CHILD_CHECK(spanalloc_profile_write(path) == 0);
+            unlink(path);
+            spanalloc_free(p);
+            _exit(0);
+        }
+        alarm(30); /* a child stuck on a lock held at fork time */
+        int status;
+        assert_int_equal(waitpid(pid, &status, 0), pid);
+        alarm(0);
+        assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    }
+    atomic_store(&stop_churn, true);
+    for (int i = 0; i < 2; i++)
+        assert_int_equal(pthread_join(t[i], NULL), 0);
+    set_rate(SA_PROFILE_DEFAULT_RATE, 1);
+}
+
 static void *alloc_and_exit(void *arg)
 {
     void **out = arg;
@@ -343,8 +388,6 @@ static void thread_exit_with_sampled_blocks_live(void **state)
     set_rate(SA_PROFILE_DEFAULT_RATE, 1);
 }
 
-static _Atomic bool stop_churn;
-
 static void *churn(void *arg)
 {
     (void)arg;
@@ -364,6 +407,7 @@ static void writing_races_with_allocating_threads(void **state)
 {
     (void)state;
     sa_profile_options.rate = 4096;
+    atomic_store(&stop_churn, false);
     pthread_t t[2];
     for (int i = 0; i < 2; i++)
         assert_int_equal(pthread_create(&t[i], NULL, churn, NULL), 0);
@@ -508,6 +552,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(sampled_frees_are_found),
         cmocka_unit_test(round_trip_through_go_tool_pprof),
         cmocka_unit_test(fork_with_sampled_blocks_live),
+        cmocka_unit_test(fork_while_threads_sample),
         cmocka_unit_test(thread_exit_with_sampled_blocks_live),
         cmocka_unit_test(writing_races_with_allocating_threads),
         cmocka_unit_test(failing_write_reports_errno_and_leaves_the_heap),
