@@ -7,7 +7,8 @@
  * except through the small hooks declared at the end of this file.
  *
  * Lock order (also the order fork() takes them in): registry, mcentral[1..N],
- * mheap, scavenger.  No tier calls a tier above it.
+ * mheap, scavenger, then the heap profile's lock (a leaf: held while no other
+ * is taken; profile/profile.c).  No tier calls a tier above it.
  */
 #ifndef SPANALLOC_INTERNAL_H
 #define SPANALLOC_INTERNAL_H
