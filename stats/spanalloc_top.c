@@ -11,9 +11,10 @@
  * snapshot, a sparkline of the recent snapshots, and the size classes holding
  * the most live bytes.  q, Ctrl-C or SIGTERM quit and give the terminal back;
  * a resized window is redrawn at once.  --once prints one plain table and
- * exits (for scripts).  --profile names a heap profile the process writes
- * (SPANALLOC_PROFILE_FILE with SPANALLOC_PROFILE_INTERVAL): its top live
- * sites are shown too, read again at every refresh (pprof_sites.c).
+ * exits (for scripts).  The heap profile the process writes
+ * (SPANALLOC_PROFILE_FILE, found in its environment, or named with
+ * --profile) adds its top live sites, read again at every refresh
+ * (pprof_sites.c).
  *
  * This is an ordinary program: it runs on whatever malloc it was started with
  * and uses stdio freely.  The names it reads come from snapshot_format.h, the
@@ -422,6 +423,48 @@ static double age_seconds(const struct sa_snapshot *s)
 
 #define SITES 5
 static const char *profile_path;
+static char found_profile[4096 + 64];
+
+/* Without --profile: the profile the process itself was told to write, from
+ * its environment (/proc/PID/environ, readable by its owner and root):
+ * SPANALLOC_PROFILE_FILE with %p expanded, a relative path taken from the
+ * process's working directory. */
+static void find_profile(uint64_t pid)
+{
+    if (profile_path != NULL || pid == 0)
+        return;
+    char path[64], env[1 << 16];
+    snprintf(path, sizeof(path), "/proc/%llu/environ", (unsigned long long)pid);
+    FILE *f = fopen(path, "rb");
+    if (f == NULL)
+        return;
+    size_t n = fread(env, 1, sizeof(env) - 1, f);
+    fclose(f);
+    env[n] = '\0';
+    static const char key[] = "SPANALLOC_PROFILE_FILE=";
+    for (size_t at = 0; at < n; at += strlen(env + at) + 1) {
+        if (strncmp(env + at, key, sizeof(key) - 1) != 0)
+            continue;
+        const char *v = env + at + sizeof(key) - 1;
+        size_t o = 0;
+        if (v[0] != '/')
+            o = (size_t)snprintf(found_profile, sizeof(found_profile), "/proc/%llu/cwd/",
+                                 (unsigned long long)pid);
+        for (; *v != '\0' && o + 24 < sizeof(found_profile); v++) {
+            if (v[0] == '%' && v[1] == 'p') {
+                o += (size_t)snprintf(found_profile + o, sizeof(found_profile) - o, "%llu",
+                                      (unsigned long long)pid);
+                v++;
+            } else {
+                found_profile[o++] = *v;
+            }
+        }
+        found_profile[o] = '\0';
+        if (*v == '\0' && found_profile[0] != '\0')
+            profile_path = found_profile;
+        return;
+    }
+}
 
 static void print_sites(void)
 {
@@ -449,6 +492,8 @@ static int print_once(const char *path, int nclasses)
         return 1;
     }
     const struct mem_stats *st = &r.s.st;
+    if (r.has_pid)
+        find_profile(r.s.pid);
     printf("file          %s\n", path);
     if (r.has_pid)
         printf("pid           %llu\n", (unsigned long long)r.s.pid);
@@ -599,6 +644,8 @@ static void refresh(struct view *v)
     }
     v->cur = r;
     v->have_cur = true;
+    if (r.has_pid)
+        find_profile(r.s.pid);
     v->last_time_ms = r.s.time_unix_ms;
     history_push(&v->hist, &r.s);
 }
@@ -797,8 +844,8 @@ static void usage(FILE *f)
           "\n"
           "  --once         print one plain table (exact bytes) and exit\n"
           "  --classes N    size classes to list (default 10)\n"
-          "  --profile F    also the top live sites of the heap profile F (written with\n"
-          "                 SPANALLOC_PROFILE_FILE=F and SPANALLOC_PROFILE_INTERVAL)\n"
+          "  --profile F    the heap profile to list top live sites from (default: the\n"
+          "                 process's SPANALLOC_PROFILE_FILE, from /proc/PID/environ)\n"
           "  --help         this text\n"
           "\n"
           "Exit status: 0, 1 when --once cannot read PATH, 2 on a usage error.\n",

@@ -10,8 +10,10 @@
 # lies in a mapping and redis-server and libc are among the mappings.  At
 # SHUTDOWN the leak report (SPANALLOC_PROFILE_LEAKS=1) is on redis's stderr
 # and the profile is written once more at exit.  Every wait polls a
-# condition with a deadline.  spanalloc-top --once --profile lists the top
-# live sites of the profile, named from redis-server's symbols.
+# condition with a deadline.  spanalloc-top --once --profile lists the
+# profile's top live sites, named from redis-server's symbols (redis rewrites
+# its environment for its process title, so spanalloc-top cannot find the
+# profile there by itself).
 #
 # Usage: redis_profile.sh /path/to/libspanalloc.so /path/to/spanalloc-top
 set -euo pipefail
