@@ -199,12 +199,12 @@ static bool parse_maps_line(const char *line, const char *end, struct mapping *o
         return false;
     p += 5;
     out->offset = parse_hex(&p);
-    for (int spaces = 0; p < end && spaces < 2; p++) /* dev, inode */
-        if (*p == ' ') {
-            spaces++;
-            while (p + 1 < end && p[1] != ' ')
-                p++;
-        }
+    for (int word = 0; word < 2; word++) { /* skip " dev" and " inode" */
+        while (p < end && *p == ' ')
+            p++;
+        while (p < end && *p != ' ')
+            p++;
+    }
     while (p < end && *p == ' ')
         p++;
     size_t n = (size_t)(end - p);
