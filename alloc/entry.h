@@ -8,12 +8,15 @@
 #define SPANALLOC_ENTRY_H
 
 #include "mcache.h"
+#include "sampler.h"
 
 void *sa_malloc_large(size_t size, size_t align);
+void *sa_malloc_own_span(size_t size, size_t align);
 
-/* One inlined copy of the cache pop for both lookups: two copies would end
- * in one shared return, costing the fast path a register move. */
-static inline void *sa_malloc_inline(size_t size)
+/* malloc without the heap profile's hook (the sampler's fallback).  One
+ * inlined copy of the cache pop for both lookups: two copies would end in one
+ * shared return, costing the fast path a register move. */
+static inline void *sa_malloc_unsampled(size_t size)
 {
     size_t list_off;
     if (SA_LIKELY(size <= SA_DIRECT_MAX))
@@ -23,6 +26,15 @@ static inline void *sa_malloc_inline(size_t size)
     else
         return sa_malloc_large(size, 0);
     return sa_mcache_alloc(list_off);
+}
+
+static inline void *sa_malloc_inline(size_t size)
+{
+    /* ---- heap profile (profile/sampler.h): count down, sample out of line */
+    if (SA_UNLIKELY(sa_profile_tick(size)))
+        return sa_profile_malloc(size, 0);
+    /* ---- */
+    return sa_malloc_unsampled(size);
 }
 
 /* A small block is freed only if it is the start of an object of its span

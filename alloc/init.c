@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "internal.h"
+#include "profile.h"
 #include "valgrind_hooks.h"
 
 #define NS_PER_MS 1000000ull
@@ -132,10 +133,33 @@ static const char *option_env(const char *name)
     return secure_getenv(name);
 }
 
+/* ---- The heap profile's options (profile/, docs/tuning.md) */
+static void read_profile_options(void)
+{
+    const char *v;
+    if ((v = option_env("SPANALLOC_PROFILE_RATE")) != NULL &&
+        strcmp(v, "off") != 0 && !sa_parse_bytes(v, &sa_profile_options.rate))
+        warn_option("SPANALLOC_PROFILE_RATE", v);
+    if (v != NULL && strcmp(v, "off") == 0)
+        sa_profile_options.rate = 0;
+    if ((v = option_env("SPANALLOC_PROFILE_FILE")) != NULL && *v != '\0') {
+        if (strlen(v) < sizeof(sa_profile_options.file))
+            memcpy(sa_profile_options.file, v, strlen(v) + 1);
+        else
+            warn_option("SPANALLOC_PROFILE_FILE", "(path too long)");
+    }
+    if ((v = option_env("SPANALLOC_PROFILE_INTERVAL")) != NULL &&
+        !sa_parse_duration(v, &sa_profile_options.interval_ns))
+        warn_option("SPANALLOC_PROFILE_INTERVAL", v);
+    if ((v = option_env("SPANALLOC_PROFILE_LEAKS")) != NULL)
+        sa_profile_options.leaks = strcmp(v, "0") != 0 && *v != '\0';
+}
+
 static void read_options(void)
 {
     const char *v;
     sa_secure_exec = getauxval(AT_SECURE) != 0;
+    read_profile_options();
     if ((v = option_env("SPANALLOC_SCAVENGE_IDLE")) != NULL &&
         !sa_parse_duration(v, &sa_options.scavenge_idle_ns))
         warn_option("SPANALLOC_SCAVENGE_IDLE", v);
@@ -199,8 +223,10 @@ static void read_options(void)
 
 static void fork_prepare(void)
 {
+    sa_stack_fork_prepare(); /* no thread inside libunwind (before any lock) */
     sa_mcache_fork_prepare();
     sa_mcentral_fork_prepare();
+    sa_profile_fork_prepare(); /* a sampled free holds it across the heap's */
     sa_mheap_lock();
     sa_scavenger_fork_prepare();
 }
@@ -209,17 +235,21 @@ static void fork_parent(void)
 {
     sa_scavenger_fork_parent();
     sa_mheap_unlock();
+    sa_profile_fork_parent();
     sa_mcentral_fork_parent();
     sa_mcache_fork_parent();
+    sa_stack_fork_parent();
 }
 
 static void fork_child(void)
 {
+    sa_profile_fork_child();
     sa_snapshot_fork_child();
     sa_scavenger_fork_child();
     sa_mheap_fork_child();
     sa_mcentral_fork_child();
     sa_mcache_fork_child(); /* needs the tiers below it working again */
+    sa_stack_fork_child();
 }
 
 /* Programs may close stderr in their own exit handlers (coreutils do), so
@@ -274,6 +304,7 @@ void sa_init_slow(void)
     atomic_store_explicit(&sa_init_state, 2, memory_order_release);
     /* These may allocate; the allocator is ready now. */
     pthread_atfork(fork_prepare, fork_parent, fork_child);
+    sa_profile_init_late();
     if (sa_options.stats_at_exit >= 0) {
         stats_fd = fcntl(STDERR_FILENO, F_DUPFD_CLOEXEC, 3);
         atexit(print_stats_at_exit);

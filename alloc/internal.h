@@ -6,8 +6,10 @@
  * scavenger and the stats read the tiers; the tiers never call them back
  * except through the small hooks declared at the end of this file.
  *
- * Lock order (also the order fork() takes them in): registry, mcentral[1..N],
- * mheap, scavenger.  No tier calls a tier above it.
+ * Lock order (also the order fork() takes them in): registry, the CPU caches'
+ * set-up and drain locks, mcentral[1..N], the heap profile's lock (a sampled
+ * free holds it across the heap's; profile/profile.c), mheap, scavenger.  No
+ * tier calls a tier above it.
  */
 #ifndef SPANALLOC_INTERNAL_H
 #define SPANALLOC_INTERNAL_H
@@ -128,6 +130,11 @@ struct sa_span {
     struct sa_span *age_next, *age_prev; /* dirty spans, oldest first */
     uint64_t idle_since_ns;              /* when the span last became idle */
     uint32_t released_pages;             /* pages whose memory is with the OS */
+
+    /* The heap profile's record of the span's one object if it was sampled
+     * (profile/), else NULL: set after the heap hands the span out, cleared
+     * before it goes back, so every span the heap holds has NULL here. */
+    void *prof;
 } __attribute__((aligned(64))); /* what free() reads shares one cache line */
 
 struct sa_span_list {

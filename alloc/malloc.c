@@ -32,6 +32,13 @@ void *sa_malloc_large(size_t size, size_t align)
 {
     if (size <= SA_MAX_MEDIUM && align <= 16)
         return sa_mcache_alloc(sa_medium_list_offset(size));
+    return sa_malloc_own_span(size, align);
+}
+
+/* A span of its own for one block, whatever its size (the heap profile's
+ * sampled blocks come here too). */
+void *sa_malloc_own_span(size_t size, size_t align)
+{
     sa_ensure_init();
     if (size > SA_MAX_REQUEST || align > ((size_t)1 << (SA_ADDR_BITS - 2)) ||
         !sa_os_can_back(size + align)) { /* fails at once, touching nothing */
@@ -67,11 +74,25 @@ void sa_free_not_small(void *ptr, struct sa_span *s)
         s = NULL;
     if (s != NULL && s->state == SA_SPAN_LARGE && (uintptr_t)ptr == s->base) {
         SA_VG_FREELIKE(ptr);
-        sa_mheap_free_large_cached(s);
+        if (SA_UNLIKELY(s->prof != NULL))
+            sa_profile_free(s); /* a sampled block: its record, then its span */
+        else
+            sa_mheap_free_large_cached(s);
         return;
     }
     sa_checked_span(ptr, "free");
     sa_report("free: invalid pointer", ptr, s); /* a valid small block never gets here */
+}
+
+/* What malloc_usable_size says of the block of span s: a sampled small
+ * block has its class's size, as it would have unsampled. */
+static size_t span_usable(const struct sa_span *s)
+{
+    if (s->state == SA_SPAN_SMALL)
+        return s->elem_size;
+    if (SA_UNLIKELY(s->prof != NULL))
+        return sa_profile_usable(s);
+    return (size_t)s->npages << SA_PAGE_SHIFT;
 }
 
 /* ---- Entry points shared with override.c */
@@ -90,15 +111,12 @@ size_t sa_usable_size(const void *ptr)
 {
     if (ptr == NULL)
         return 0;
-    struct sa_span *s = sa_checked_span(ptr, "malloc_usable_size");
-    if (s->state == SA_SPAN_SMALL)
-        return s->elem_size;
-    return (size_t)s->npages << SA_PAGE_SHIFT;
+    return span_usable(sa_checked_span(ptr, "malloc_usable_size"));
 }
 
 /* A small class whose size is a multiple of align (align <= page size):
  * objects start at page-aligned span bases, so every object is aligned. */
-static unsigned aligned_class(size_t size, size_t align)
+unsigned sa_aligned_class(size_t size, size_t align)
 {
     if (size > SA_MAX_SMALL) /* also keeps the rounding below from wrapping */
         return 0;
@@ -111,16 +129,28 @@ static unsigned aligned_class(size_t size, size_t align)
     return 0;
 }
 
-static void *malloc_aligned(size_t align, size_t size)
+static void *malloc_aligned_unsampled(size_t align, size_t size)
 {
     if (align <= 16)
-        return sa_malloc_inline(size);
+        return sa_malloc_unsampled(size);
     if (align <= SA_PAGE_SIZE) {
-        unsigned cls = aligned_class(size, align);
+        unsigned cls = sa_aligned_class(size, align);
         if (cls != 0)
             return sa_mcache_alloc((size_t)cls << SA_LIST_SHIFT);
     }
     return sa_malloc_large(size, align);
+}
+
+static void *malloc_aligned(size_t align, size_t size)
+{
+    if (SA_UNLIKELY(sa_profile_tick(size)))
+        return sa_profile_malloc(size, align <= 16 ? 0 : align);
+    return malloc_aligned_unsampled(align, size);
+}
+
+void *sa_malloc_plain(size_t size, size_t align)
+{
+    return align == 0 ? sa_malloc_unsampled(size) : malloc_aligned_unsampled(align, size);
 }
 
 /* ---- The prefixed API */
@@ -160,12 +190,14 @@ void *spanalloc_realloc(void *ptr, size_t size)
         return NULL;
     }
     struct sa_span *s = sa_checked_span(ptr, "realloc");
-    size_t usable = s->state == SA_SPAN_SMALL ? s->elem_size : (size_t)s->npages << SA_PAGE_SHIFT;
+    size_t usable = span_usable(s);
     /* A large block shrinks in place to whole pages: the pages past the new
      * size go back to the heap (not under memcheck, whose record of the
-     * block's size would go stale).  To a small size it moves instead (a
+     * block's size would go stale; nor a sampled block, whose profile record
+     * keeps its size).  To a small size it moves instead (a
      * copy of at most 32 KiB), unless that would free less than a page. */
-    bool large_shrink = s->state == SA_SPAN_LARGE && size <= usable && !sa_on_valgrind;
+    bool large_shrink = s->state == SA_SPAN_LARGE && s->prof == NULL && size <= usable &&
+                        !sa_on_valgrind;
     if (large_shrink && size > SA_MAX_SMALL) {
         size_t npages = (size + SA_PAGE_SIZE - 1) >> SA_PAGE_SHIFT;
         if (npages == s->npages || sa_mheap_shrink_large(s, npages))
@@ -176,7 +208,8 @@ void *spanalloc_realloc(void *ptr, size_t size)
         return ptr;
     /* A large block grows in place into a free span that follows it (not
      * under memcheck, whose record of the block's size would go stale). */
-    if (s->state == SA_SPAN_LARGE && size > usable && size <= SA_MAX_REQUEST && !sa_on_valgrind &&
+    if (s->state == SA_SPAN_LARGE && (s->prof == NULL || !sa_profile_is_small(s)) &&
+        size > usable && size <= SA_MAX_REQUEST && !sa_on_valgrind &&
         sa_mheap_grow_large(s, (size + SA_PAGE_SIZE - 1) >> SA_PAGE_SHIFT))
         return ptr;
     void *fresh = sa_malloc_inline(size);

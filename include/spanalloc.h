@@ -100,6 +100,14 @@ SPANALLOC_API void free_os_memory(void);
  * Returns the previous limit. */
 SPANALLOC_API uint64_t spanalloc_set_memory_limit(uint64_t bytes);
 
+/* ---- Heap profile (sampled allocations; docs/observability.md) */
+
+/* Write the heap profile to path in pprof's format (gzipped profile.proto:
+ * alloc_objects, alloc_space, inuse_objects, inuse_space, scaled by the
+ * sampling), replacing a regular file atomically.  Returns 0 or an errno
+ * value; the heap is left as it was either way. */
+SPANALLOC_API int spanalloc_profile_write(const char *path);
+
 #ifdef __cplusplus
 }
 #endif

@@ -18,6 +18,9 @@
  *   background_thread     bool: the scavenger thread runs; writes accepted
  *   thread.tcache.flush   flush the calling thread's cache
  *   version               "spanalloc-<version>"
+ *   prof.dump             write the heap profile: newp points to the path
+ *                         (const char *); without one, SPANALLOC_PROFILE_FILE
+ *   opt.prof              bool: the heap profile samples (rate not 0)
  *
  * Anything else returns ENOENT, as jemalloc does for a name it lacks.
  */
@@ -28,6 +31,7 @@
 #include <string.h>
 
 #include "../alloc/internal.h"
+#include "../profile/profile.h"
 #include "../scavenger/scavenger.h"
 
 #define SA_EXPORT __attribute__((visibility("default")))
@@ -124,6 +128,20 @@ SA_EXPORT int mallctl(const char *name, void *oldp, size_t *oldlenp, void *newp,
     if (strcmp(name, "thread.tcache.flush") == 0) {
         sa_mcache_flush_current();
         return 0;
+    }
+    if (strcmp(name, "prof.dump") == 0) {
+        const char *path = NULL;
+        if (newp != NULL) {
+            if (newlen != sizeof(path))
+                return EINVAL;
+            memcpy(&path, newp, sizeof(path));
+            return spanalloc_profile_write(path);
+        }
+        return sa_profile_write_option_file();
+    }
+    if (strcmp(name, "opt.prof") == 0) {
+        bool on = sa_profile_options.rate != 0;
+        return newp != NULL ? EPERM : read_value(oldp, oldlenp, &on, sizeof(on));
     }
     if (strcmp(name, "version") == 0) {
         static const char *version = "spanalloc-" SPANALLOC_VERSION;

@@ -1,7 +1,7 @@
 /*
  * spanalloc-top: a live view of a process's spanalloc snapshot file.
  *
- *   spanalloc-top [--once] [--classes N] PATH
+ *   spanalloc-top [--once] [--classes N] [--profile PROFILE] PATH
  *
  * PATH is a file written by a process started with SPANALLOC_STATS_FILE
  * (JSON, or the Prometheus text format when the name ends in .prom; the
@@ -11,7 +11,10 @@
  * snapshot, a sparkline of the recent snapshots, and the size classes holding
  * the most live bytes.  q, Ctrl-C or SIGTERM quit and give the terminal back;
  * a resized window is redrawn at once.  --once prints one plain table and
- * exits (for scripts).
+ * exits (for scripts).  The heap profile the process writes
+ * (SPANALLOC_PROFILE_FILE, found in its environment, or named with
+ * --profile) adds its top live sites, read again at every refresh
+ * (pprof_sites.c).
  *
  * This is an ordinary program: it runs on whatever malloc it was started with
  * and uses stdio freely.  The names it reads come from snapshot_format.h, the
@@ -33,6 +36,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "pprof_sites.h"
 #include "snapshot_format.h"
 
 #define HISTORY 256
@@ -415,6 +419,70 @@ static double age_seconds(const struct sa_snapshot *s)
 
 /* ---- --once: one plain table */
 
+/* ---- The heap profile's top live sites (--profile) */
+
+#define SITES 5
+static const char *profile_path;
+static char found_profile[4096 + 64];
+
+/* Without --profile: the profile the process itself was told to write, from
+ * its environment (/proc/PID/environ, readable by its owner and root):
+ * SPANALLOC_PROFILE_FILE with %p expanded, a relative path taken from the
+ * process's working directory. */
+static void find_profile(uint64_t pid)
+{
+    if (profile_path != NULL || pid == 0)
+        return;
+    char path[64], env[1 << 16];
+    snprintf(path, sizeof(path), "/proc/%llu/environ", (unsigned long long)pid);
+    FILE *f = fopen(path, "rb");
+    if (f == NULL)
+        return;
+    size_t n = fread(env, 1, sizeof(env) - 1, f);
+    fclose(f);
+    env[n] = '\0';
+    static const char key[] = "SPANALLOC_PROFILE_FILE=";
+    for (size_t at = 0; at < n; at += strlen(env + at) + 1) {
+        if (strncmp(env + at, key, sizeof(key) - 1) != 0)
+            continue;
+        const char *v = env + at + sizeof(key) - 1;
+        size_t o = 0;
+        if (v[0] != '/')
+            o = (size_t)snprintf(found_profile, sizeof(found_profile), "/proc/%llu/cwd/",
+                                 (unsigned long long)pid);
+        for (; *v != '\0' && o + 24 < sizeof(found_profile); v++) {
+            if (v[0] == '%' && v[1] == 'p') {
+                o += (size_t)snprintf(found_profile + o, sizeof(found_profile) - o, "%llu",
+                                      (unsigned long long)pid);
+                v++;
+            } else {
+                found_profile[o++] = *v;
+            }
+        }
+        found_profile[o] = '\0';
+        if (*v == '\0' && found_profile[0] != '\0')
+            profile_path = found_profile;
+        return;
+    }
+}
+
+static void print_sites(void)
+{
+    struct pprof_site sites[SITES];
+    int64_t total = 0;
+    char err[600];
+    int n = pprof_top_sites(profile_path, sites, SITES, &total, err, sizeof(err));
+    if (n < 0) {
+        printf("heap profile: %s\n", err);
+        return;
+    }
+    printf("top live sites (heap profile %s, inuse %lld bytes)\n", profile_path, (long long)total);
+    printf("%16s %12s  %s\n", "inuse_bytes", "objects", "site");
+    for (int i = 0; i < n; i++)
+        printf("%16lld %12lld  %s\n", (long long)sites[i].inuse_bytes,
+               (long long)sites[i].inuse_objects, sites[i].name);
+}
+
 static int print_once(const char *path, int nclasses)
 {
     struct reading r;
@@ -424,6 +492,8 @@ static int print_once(const char *path, int nclasses)
         return 1;
     }
     const struct mem_stats *st = &r.s.st;
+    if (r.has_pid)
+        find_profile(r.s.pid);
     printf("file          %s\n", path);
     if (r.has_pid)
         printf("pid           %llu\n", (unsigned long long)r.s.pid);
@@ -454,6 +524,8 @@ static int print_once(const char *path, int nclasses)
                (unsigned long long)rows[i].mallocs, (unsigned long long)rows[i].frees);
     uint64_t large = st->heap_alloc > small_live ? st->heap_alloc - small_live : 0;
     printf("%8s %14s %16llu\n", ">32KiB", "-", (unsigned long long)large);
+    if (profile_path != NULL)
+        print_sites();
     return 0;
 }
 
@@ -572,6 +644,8 @@ static void refresh(struct view *v)
     }
     v->cur = r;
     v->have_cur = true;
+    if (r.has_pid)
+        find_profile(r.s.pid);
     v->last_time_ms = r.s.time_unix_ms;
     history_push(&v->hist, &r.s);
 }
@@ -671,6 +745,27 @@ static void draw(struct view *v)
     human(large, sizeof(large),
           st->heap_alloc > small_live ? (double)(st->heap_alloc - small_live) : 0, false);
     put_line(cols, "%8s %14s %12s", ">32KiB", "large", large);
+    used += show + 3;
+    if (profile_path != NULL && rows - used > 4) {
+        struct pprof_site sites[SITES];
+        int64_t total = 0;
+        char err[600];
+        int n = pprof_top_sites(profile_path, sites, SITES, &total, err, sizeof(err));
+        put_line(cols, "%s", "");
+        if (n < 0) {
+            put_line(cols, "heap profile: %s", err);
+        } else {
+            char tot[32];
+            human(tot, sizeof(tot), (double)total, false);
+            put_line(cols, "top live sites (heap profile, inuse %s)", tot);
+            for (int i = 0; i < n && i < rows - used - 4; i++) {
+                char b[32];
+                human(b, sizeof(b), (double)sites[i].inuse_bytes, false);
+                put_line(cols, "%12s %12lld  %s", b, (long long)sites[i].inuse_objects,
+                         sites[i].name);
+            }
+        }
+    }
     fputs("q or Ctrl-C quits\033[K\033[J", stdout);
     fflush(stdout);
 }
@@ -738,7 +833,7 @@ static int live(const char *path, int nclasses)
 
 static void usage(FILE *f)
 {
-    fputs("usage: spanalloc-top [--once] [--classes N] PATH\n"
+    fputs("usage: spanalloc-top [--once] [--classes N] [--profile PROFILE] PATH\n"
           "\n"
           "Shows the spanalloc statistics a process writes to PATH when started with\n"
           "SPANALLOC_STATS_FILE=PATH (JSON, or Prometheus text when PATH ends in .prom;\n"
@@ -749,6 +844,8 @@ static void usage(FILE *f)
           "\n"
           "  --once         print one plain table (exact bytes) and exit\n"
           "  --classes N    size classes to list (default 10)\n"
+          "  --profile F    the heap profile to list top live sites from (default: the\n"
+          "                 process's SPANALLOC_PROFILE_FILE, from /proc/PID/environ)\n"
           "  --help         this text\n"
           "\n"
           "Exit status: 0, 1 when --once cannot read PATH, 2 on a usage error.\n",
@@ -766,6 +863,8 @@ int main(int argc, char **argv)
         } else if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
             usage(stdout);
             return 0;
+        } else if (strcmp(argv[i], "--profile") == 0 && i + 1 < argc) {
+            profile_path = argv[++i];
         } else if (strcmp(argv[i], "--classes") == 0 && i + 1 < argc) {
             char *end;
             long n = strtol(argv[++i], &end, 10);

@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "../alloc/internal.h"
+#include "../profile/profile.h"
 #include "../scavenger/scavenger.h"
 #include "stats_internal.h"
 
@@ -35,16 +36,20 @@ void read_mem_stats(struct mem_stats *out)
     uint64_t mallocs[SA_NUM_CLASSES], frees[SA_NUM_CLASSES];
     uint64_t caches_inuse, caches_sys;
     struct sa_heap_counters h;
+    struct sa_profile_stats prof;
 
     sa_ensure_init();
     memset(out, 0, sizeof(*out));
     sa_mcache_fold_stats(mallocs, frees, &caches_inuse, &caches_sys);
+    sa_profile_read_stats(&prof); /* before the heap: see profile.h */
     sa_mheap_read(&h);
 
     uint64_t small_alloc = 0, small_total = 0;
     for (unsigned cls = 1; cls < SA_NUM_CLASSES; cls++) {
         uint64_t size = sa_class_size[cls];
-        out->by_size[cls] = (struct mem_stats_class){size, mallocs[cls], frees[cls]};
+        /* Sampled small blocks: counted as large objects by the heap. */
+        out->by_size[cls] = (struct mem_stats_class){size, mallocs[cls] + prof.mallocs[cls],
+                                                     frees[cls] + prof.frees[cls]};
         small_alloc += (mallocs[cls] - frees[cls]) * size;
         small_total += mallocs[cls] * size;
         out->mallocs += mallocs[cls];
@@ -52,9 +57,9 @@ void read_mem_stats(struct mem_stats *out)
     }
     out->mallocs += h.large_mallocs;
     out->frees += h.large_frees;
-    out->heap_alloc = small_alloc + h.large_alloc_bytes;
+    out->heap_alloc = small_alloc + h.large_alloc_bytes - prof.live_excess;
     out->alloc = out->heap_alloc;
-    out->total_alloc = small_total + h.large_total_alloc;
+    out->total_alloc = small_total + h.large_total_alloc - prof.total_excess;
     out->heap_objects = out->mallocs - out->frees;
 
     out->heap_sys = h.sys_bytes;
@@ -66,7 +71,7 @@ void read_mem_stats(struct mem_stats *out)
     out->mspan_sys = h.span_records_sys;
     out->mcache_inuse = caches_inuse; /* the slabs of live threads and set-up CPUs */
     out->mcache_sys = caches_sys;
-    out->other_sys = h.pagemap_sys + sa_mcentral_sys_bytes();
+    out->other_sys = h.pagemap_sys + sa_mcentral_sys_bytes() + prof.sys_bytes;
     out->sys = out->heap_sys + out->mspan_sys + out->mcache_sys + out->other_sys;
 
     sa_scavenger_counters(&out->num_scavenges, &out->num_forced_scavenges);

@@ -41,7 +41,7 @@ for p in $PASSES; do
 done
 
 # ---------------------------------------------------------------- packages --
-pkgs=(meson ninja-build gcc g++ pkg-config libcmocka-dev libbenchmark-dev python3 valgrind prometheus)
+pkgs=(meson ninja-build gcc g++ pkg-config libcmocka-dev libbenchmark-dev python3 valgrind prometheus libunwind-dev golang-go)
 { has_pass asan || has_pass tsan || has_pass fuzz; } && pkgs+=(clang libclang-rt-14-dev)
 has_pass preload && pkgs+=(redis-server redis-tools sqlite3 libpython3.11-testsuite python3.11 wrk curl tmux)
 

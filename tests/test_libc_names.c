@@ -639,6 +639,7 @@ static const char *const exported_required[] = {
     "spanalloc_reallocarray", "spanalloc_aligned_alloc", "spanalloc_posix_memalign",
     "spanalloc_usable_size", "spanalloc_free_sized", "spanalloc_free_aligned_sized",
     "read_mem_stats", "spanalloc_stats_print", "free_os_memory", "spanalloc_set_memory_limit",
+    "spanalloc_profile_write",
 };
 static const char *const exported_optional[] = {
     "mallctl", "nallocx", "malloc_stats_print",           /* jemalloc compatibility */

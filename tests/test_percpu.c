@@ -139,6 +139,7 @@ static void drain_everything(void)
 {
     sa_mcache_flush_current();
     sa_mcentral_drain_transfer();
+    sa_mheap_flush_large_cache(); /* sampled blocks' spans wait there */
 }
 
 struct churn_options {

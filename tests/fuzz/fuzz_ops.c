@@ -39,6 +39,7 @@
 #include <unistd.h>
 
 #include "internal.h"
+#include "sampler.h"
 
 int LLVMFuzzerInitialize(int *argc, char ***argv);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -318,6 +319,8 @@ static void check_stats(bool after_release)
         bytes += spanalloc_usable_size(slots[i].ptr);
         if (sp->state == SA_SPAN_SMALL)
             class_live[sa_span_cls(sp)]++;
+        else if (sp->prof != NULL && sa_profile_is_small(sp)) /* a sampled small block */
+            class_live[sa_size_class(spanalloc_usable_size(slots[i].ptr))]++;
     }
     CHECK(st.heap_objects == live, "heap_objects %llu, model %llu",
           (unsigned long long)st.heap_objects, (unsigned long long)live);

@@ -33,7 +33,7 @@ mapfile -t sources < <(sed -n '/^core_sources = files(/,/^)/p' "$root/meson.buil
 [[ ${#sources[@]} -gt 0 ]] || { echo "run.sh: no core_sources in meson.build" >&2; exit 2; }
 
 san=(-fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer -g -O1)
-common=(-std=c11 -D_GNU_SOURCE -fno-builtin -I"$root/include" -I"$root/alloc" -Wno-division-by-zero)
+common=(-std=c11 -D_GNU_SOURCE -fno-builtin -I"$root/include" -I"$root/alloc" -I"$root/profile" -Wno-division-by-zero)
 lib=(-fvisibility=hidden -ftls-model=initial-exec -DSPANALLOC_VERSION='"fuzz"')
 
 echo "fuzz: building ${#sources[@]} core sources + fuzz_ops.c with $CC"
@@ -46,7 +46,7 @@ for src in "${sources[@]}"; do
 done
 for p in "${pids[@]}"; do wait "$p"; done
 "$CC" "${san[@]}" -fsanitize=fuzzer "${common[@]}" "$here/fuzz_ops.c" "$work"/obj/*.o \
-    -pthread -o "$work/fuzz_ops"
+    -pthread -lm -lgcc_s -o "$work/fuzz_ops"
 
 echo "fuzz: running for ${secs}s from $here/corpus ($(ls "$here/corpus" | wc -l) seeds)"
 set +e

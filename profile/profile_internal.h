@@ -1,0 +1,75 @@
+/*
+ * profile_internal.h: the types the profile's files share.
+ *
+ * A sampled block's record (struct sa_prof_block) hangs off its span
+ * (s->prof) and points to the bucket of its stack.  Buckets are never freed
+ * (a profile reports what was ever allocated from a stack); they and the
+ * records come from memory mapped for the profile alone, so the profile
+ * never allocates from the heap it describes.  Everything here is under
+ * sa_prof_lock except where said.
+ */
+#ifndef SPANALLOC_PROFILE_INTERNAL_H
+#define SPANALLOC_PROFILE_INTERNAL_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "profile.h"
+
+#define SA_PROF_MAX_DEPTH 64
+
+struct sa_prof_bucket {
+    struct sa_prof_bucket *hash_next;
+    struct sa_prof_bucket *all_next; /* every bucket, newest first */
+    uint64_t hash;
+    /* Estimated (already divided by the sampling probability). */
+    double alloc_objects, alloc_bytes, free_objects, free_bytes;
+    uint32_t depth;
+    uintptr_t pcs[]; /* return addresses, innermost first */
+};
+
+struct sa_prof_block {
+    struct sa_prof_bucket *bucket;
+    struct sa_prof_block *next_free;
+    uint64_t usable; /* what malloc_usable_size says */
+    double weight;   /* 1 / (1 - exp(-request/rate)) */
+    uint32_t cls;    /* size class of a small block, 0 if large */
+    uint32_t span_bytes;
+};
+
+extern pthread_mutex_t sa_prof_lock;
+extern struct sa_prof_bucket *sa_prof_buckets; /* all_next list */
+
+/* stacks.c: the caller's stack above the frame whose CFA is `above_cfa`
+ * (that frame and the ones it called are dropped), then the leading frames
+ * in spanalloc's own object.  No malloc, no lock of ours. */
+unsigned sa_stack_capture(uintptr_t *pcs, unsigned max, uintptr_t above_cfa);
+/* A human name for pc (dladdr), for the leak report: never NULL. */
+const char *sa_stack_symbol(uintptr_t pc, uintptr_t *offset);
+
+/* profile.c */
+struct sa_prof_bucket *sa_prof_bucket_for(const uintptr_t *pcs, unsigned depth); /* locked */
+void sa_prof_record(struct sa_span *s, const uintptr_t *pcs, unsigned depth, size_t request,
+                    size_t usable, uint32_t cls);
+
+/* No lock held, after a sample: start the interval writer if configured. */
+void sa_prof_after_sample(void);
+
+/* pprof.c: encode every bucket as profile.proto, gzip it, and write it to
+ * fd.  0 or an errno value.  Takes sa_prof_lock only to copy the counts. */
+int sa_pprof_write_fd(int fd);
+
+/* Memory for the profile alone: mapped, zeroed, never from the heap. */
+void *sa_prof_map(size_t bytes);
+void sa_prof_unmap(void *p, size_t bytes);
+
+/* Tests: the estimated totals over every bucket (profile.c). */
+void sa_prof_totals(double *alloc_objects, double *alloc_bytes, double *inuse_bytes);
+
+/* sampler.c, for tests: set this thread's random state and draw again. */
+void sa_sampler_reseed(uint64_t seed);
+double sa_sampler_weight(size_t size, uint64_t rate);
+
+#endif /* SPANALLOC_PROFILE_INTERNAL_H */

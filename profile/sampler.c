@@ -1,0 +1,125 @@
+/*
+ * sampler.c: when to sample, and the out-of-line half of the malloc hook.
+ *
+ * The countdown (sampler.h) reaches here when it goes below zero.  The next
+ * budget is an exponential draw with mean `rate`, from a per-thread
+ * generator (splitmix64, seeded from getrandom on the thread's first trip
+ * here): memorylessness makes every allocation's chance of being sampled
+ * 1 - exp(-size/rate), independent of the others, which is what the weights
+ * in the profile assume.
+ *
+ * A sampled allocation gets a span of its own from the heap (the large path,
+ * one call): free() of it then leaves the inline path by itself (a non-small
+ * span fails the inline check) and finds the record through the span, so no
+ * unsampled free looks anything up.
+ */
+#include <math.h>
+#include <stdatomic.h>
+
+#include "../alloc/entry.h"
+#include "profile_internal.h"
+
+__thread uint64_t sa_prof_countdown __attribute__((tls_model("initial-exec")));
+static __thread uint64_t rng_state __attribute__((tls_model("initial-exec")));
+static __thread bool in_profiler __attribute__((tls_model("initial-exec")));
+
+#define NO_SAMPLE_BUDGET ((uint64_t)INT64_MAX)
+
+static uint64_t splitmix64(uint64_t *state)
+{
+    uint64_t z = (*state += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+/* An exponential draw with mean rate, in bytes (at least 1). */
+static uint64_t draw_budget(uint64_t rate)
+{
+    if (rate == 1)
+        return 0; /* every allocation (as Go's MemProfileRate = 1) */
+    if (rng_state == 0) {
+        uint64_t seed = 0;
+        sa_os_random(&seed, sizeof(seed));
+        rng_state = seed | 1;
+    }
+    /* u uniform in (0, 1]: never log(0). */
+    double u = (double)((splitmix64(&rng_state) >> 11) + 1) * 0x1.0p-53;
+    double bytes = -log(u) * (double)rate;
+    if (bytes >= (double)(NO_SAMPLE_BUDGET >> 1))
+        return NO_SAMPLE_BUDGET >> 1;
+    return bytes < 1.0 ? 1 : (uint64_t)bytes;
+}
+
+double sa_sampler_weight(size_t size, uint64_t rate)
+{
+    if (rate <= 1)
+        return 1.0;
+    double p = -expm1(-(double)size / (double)rate); /* 1 - exp(-s/r), exact for small s */
+    return p > 0 ? 1.0 / p : (double)rate / (double)(size ? size : 1);
+}
+
+void sa_sampler_reseed(uint64_t seed)
+{
+    rng_state = seed | 1;
+    uint64_t rate = sa_profile_options.rate;
+    sa_prof_countdown = rate ? draw_budget(rate) : NO_SAMPLE_BUDGET;
+}
+
+/* The usable size the block would have had unsampled, and its class. */
+static size_t usable_for(size_t size, size_t align, uint32_t *cls)
+{
+    *cls = 0;
+    if (size <= SA_MAX_MEDIUM && align <= 16) /* small and medium classes */
+        *cls = sa_size_class(size ? size : 1);
+    else if (align <= SA_PAGE_SIZE) /* a span's base is page aligned */
+        *cls = sa_aligned_class(size, align);
+    return *cls != 0 ? sa_class_size[*cls] : size;
+}
+
+static SA_NOINLINE void *sample(size_t size, size_t align, uintptr_t cfa)
+{
+    uint32_t cls;
+    size_t usable = usable_for(size, align, &cls);
+    void *p = sa_malloc_own_span(usable ? usable : 1, align);
+    if (p == NULL)
+        return sa_malloc_plain(size, align); /* the heap said no; the caches may not */
+    struct sa_span *s = sa_pagemap_lookup((uintptr_t)p);
+    if (cls == 0)
+        usable = (size_t)s->npages << SA_PAGE_SHIFT;
+    uintptr_t pcs[SA_PROF_MAX_DEPTH];
+    unsigned depth = sa_stack_capture(pcs, SA_PROF_MAX_DEPTH, cfa);
+    sa_prof_record(s, pcs, depth, size, usable, cls);
+    return p;
+}
+
+void *sa_profile_malloc(size_t size, size_t align)
+{
+    uint64_t rate = atomic_load_explicit((_Atomic uint64_t *)&sa_profile_options.rate,
+                                         memory_order_relaxed);
+    if (rate == 0) {
+        sa_prof_countdown = NO_SAMPLE_BUDGET;
+        return sa_malloc_plain(size, align);
+    }
+    bool fresh_thread = rng_state == 0;
+    uint64_t budget = draw_budget(rate);
+    if (fresh_thread) {
+        /* The thread's first budget: this allocation is sampled only if it
+         * exceeds the draw, like any other. */
+        if (budget > size) {
+            sa_prof_countdown = budget - size;
+            return sa_malloc_plain(size, align);
+        }
+        budget = draw_budget(rate);
+    }
+    sa_prof_countdown = budget;
+    /* The unwinder or the record may allocate through us (it should not;
+     * if it does, that allocation is not sampled). */
+    if (in_profiler || atomic_load_explicit(&sa_init_state, memory_order_acquire) != 2)
+        return sa_malloc_plain(size, align);
+    in_profiler = true;
+    void *p = sample(size, align, (uintptr_t)__builtin_dwarf_cfa());
+    sa_prof_after_sample();
+    in_profiler = false;
+    return p;
+}

@@ -1,0 +1,569 @@
+/*
+ * The heap profile (profile/), through the prefixed API and its internals.
+ *
+ * 1. The sampler's estimate is unbiased: for many seeds, the estimated
+ *    bytes allocated at four sizes (from far below to far above the rate)
+ *    average to the truth within 4 standard errors of the mean; the standard
+ *    error comes from the sampling variance, n s^2 (1 - p) / p per trial.
+ * 2. A sampled block behaves as an unsampled one: usable size, realloc both
+ *    ways, calloc, aligned requests; the stats stay exact (heap_alloc moves
+ *    by the class size, by_size counts it) and keep their invariants.
+ * 3. Freeing a sampled block is found: the live estimate falls back.
+ * 4. Round trip: a profile written by spanalloc_profile_write and read by
+ *    `go tool pprof -raw` has the two test sites with their exact bytes (rate
+ *    1 samples every block, so weights are 1).
+ * 5. fork and thread exit with sampled blocks live; writing racing with
+ *    allocating threads; a failing write returns the errno and leaves the
+ *    heap's figures as they were.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "test_helpers.h"
+#include "../alloc/internal.h"
+#include "../profile/profile_internal.h"
+
+static void set_rate(uint64_t rate, uint64_t seed)
+{
+    sa_profile_options.rate = rate;
+    sa_sampler_reseed(seed);
+}
+
+static double inuse_now(void)
+{
+    double o, b, i;
+    sa_prof_totals(&o, &b, &i);
+    return i;
+}
+
+static double alloc_bytes_now(void)
+{
+    double o, b, i;
+    sa_prof_totals(&o, &b, &i);
+    return b;
+}
+
+/* ---- 1. unbiased */
+
+static void sampler_estimate_is_unbiased(void **state)
+{
+    (void)state;
+    const uint64_t rate = 64 << 10;
+    static const size_t sizes[] = {100, 4000, 48 << 10, 256 << 10};
+    static const int counts[] = {20000, 2000, 160, 40};
+    enum { TRIALS = 200 };
+    for (size_t k = 0; k < sizeof(sizes) / sizeof(sizes[0]); k++) {
+        size_t s = sizes[k];
+        /* The estimate counts the usable size; truth is n * usable. */
+        void *probe = spanalloc_malloc(s);
+        double usable = (double)spanalloc_usable_size(probe);
+        spanalloc_free(probe);
+        double truth = counts[k] * usable;
+        double sum = 0;
+        for (int t = 0; t < TRIALS; t++) {
+            set_rate(rate, 1000003u * (uint64_t)t + k + 1);
+            double before = alloc_bytes_now();
+            for (int i = 0; i < counts[k]; i++)
+                spanalloc_free(spanalloc_malloc(s));
+            sum += alloc_bytes_now() - before;
+        }
+        double p = -expm1(-(double)s / (double)rate);
+        double sd_trial = sqrt(counts[k] * usable * usable * (1 - p) / p);
+        double se = sd_trial / sqrt(TRIALS);
+        double mean = sum / TRIALS;
+        print_message("size %zu: mean %.0f truth %.0f (se %.0f, %.2f se off)\n", s, mean, truth,
+                      se, fabs(mean - truth) / se);
+        assert_true(fabs(mean - truth) <= 4 * se + 1e-6 * truth);
+    }
+    set_rate(SA_PROFILE_DEFAULT_RATE, 1);
+}
+
+/* ---- 2, 3. sampled blocks */
+
+static bool is_sampled(const void *p)
+{
+    struct sa_span *s = sa_pagemap_lookup((uintptr_t)p);
+    return s != NULL && s->state == SA_SPAN_LARGE && s->prof != NULL;
+}
+
+static void sampled_blocks_behave_like_unsampled_ones(void **state)
+{
+    (void)state;
+    static const size_t sizes[] = {1, 16, 100, 1000, 5000, 32768, 40000, 1 << 20};
+    for (size_t k = 0; k < sizeof(sizes) / sizeof(sizes[0]); k++) {
+        size_t n = sizes[k];
+        set_rate(0, 1);
+        void *plain = spanalloc_malloc(n);
+        size_t want = spanalloc_usable_size(plain);
+        assert_false(is_sampled(plain));
+        spanalloc_free(plain);
+
+        set_rate(1, 1); /* every allocation sampled */
+        struct mem_stats before = stats_now();
+        unsigned char *p = spanalloc_malloc(n);
+        assert_non_null(p);
+        assert_true(is_sampled(p));
+        assert_int_equal(spanalloc_usable_size(p), want);
+        struct mem_stats during = stats_now();
+        assert_stats_invariants(&during);
+        assert_int_equal(during.heap_alloc - before.heap_alloc, want);
+        assert_int_equal(during.total_alloc - before.total_alloc, want);
+        assert_int_equal(during.heap_objects, before.heap_objects + 1);
+        if (n <= SA_MAX_SMALL) {
+            unsigned cls = sa_size_class(n);
+            assert_int_equal(during.by_size[cls].mallocs, before.by_size[cls].mallocs + 1);
+        }
+        memset(p, 0x5a, want);
+        /* realloc within the block, then out of it: contents kept. */
+        unsigned char *q = spanalloc_realloc(p, want);
+        assert_ptr_equal(q, p);
+        q = spanalloc_realloc(p, want * 3 + 1);
+        assert_non_null(q);
+        for (size_t i = 0; i < want; i++)
+            assert_int_equal(q[i], 0x5a);
+        spanalloc_free(q);
+        unsigned char *z = spanalloc_calloc(1, n);
+        for (size_t i = 0; i < n; i++)
+            assert_int_equal(z[i], 0);
+        spanalloc_free(z);
+        struct mem_stats after = stats_now();
+        assert_stats_invariants(&after);
+        assert_int_equal(after.heap_alloc, before.heap_alloc);
+        assert_int_equal(after.heap_objects, before.heap_objects);
+    }
+    /* Aligned: the class an unsampled aligned block gets. */
+    for (size_t align = 32; align <= 8192; align *= 4) {
+        set_rate(0, 1);
+        void *plain = spanalloc_aligned_alloc(align, 300);
+        size_t want = spanalloc_usable_size(plain);
+        spanalloc_free(plain);
+        set_rate(1, 1);
+        void *p = spanalloc_aligned_alloc(align, 300);
+        assert_true(is_sampled(p));
+        assert_int_equal((uintptr_t)p % align, 0);
+        assert_int_equal(spanalloc_usable_size(p), want);
+        spanalloc_free(p);
+    }
+    set_rate(SA_PROFILE_DEFAULT_RATE, 1);
+}
+
+static void sampled_frees_are_found(void **state)
+{
+    (void)state;
+    set_rate(1, 7);
+    double base = inuse_now();
+    enum { N = 64 };
+    void *p[N];
+    double expect = 0;
+    for (int i = 0; i < N; i++) {
+        p[i] = spanalloc_malloc(64 + 1000 * (size_t)i);
+        expect += (double)spanalloc_usable_size(p[i]);
+    }
+    assert_true(fabs(inuse_now() - base - expect) < 1e-3 * expect);
+    for (int i = 0; i < N; i++)
+        spanalloc_free(p[i]);
+    assert_true(fabs(inuse_now() - base) < 1.0);
+    set_rate(SA_PROFILE_DEFAULT_RATE, 1);
+}
+
+/* ---- 4. round trip through go tool pprof */
+
+#define SITE_A_BYTES (300 * 1000)
+#define SITE_B_BYTES (70 * 4096)
+
+static void *kept_a[300], *kept_b[70];
+
+__attribute__((noinline)) static void profile_site_alpha(void)
+{
+    for (int i = 0; i < 300; i++)
+        kept_a[i] = spanalloc_malloc(1000); /* class 1024 */
+}
+
+__attribute__((noinline)) static void profile_site_beta(void)
+{
+    for (int i = 0; i < 70; i++)
+        kept_b[i] = spanalloc_malloc(4096);
+}
+
+/* inuse_space of the samples whose stack contains fn, from `pprof -raw`. */
+static long long raw_inuse_of(const char *file, const char *fn)
+{
+    char cmd[1024];
+    /* No binary named: pprof finds each one through the profile's mappings
+     * (under valgrind /proc/self/exe is valgrind's, the mapping is ours). */
+    snprintf(cmd, sizeof(cmd), "go tool pprof -raw '%s' 2>&1", file);
+    FILE *f = popen(cmd, "r");
+    assert_non_null(f);
+    static char lines[4096][256];
+    int n = 0;
+    while (n < 4096 && fgets(lines[n], sizeof(lines[n]), f) != NULL)
+        n++;
+    assert_int_equal(pclose(f), 0);
+    /* Locations whose line names fn. */
+    bool loc_is_fn[4096] = {false};
+    int in_locations = 0;
+    for (int i = 0; i < n; i++) {
+        if (strncmp(lines[i], "Locations", 9) == 0)
+            in_locations = 1;
+        else if (strncmp(lines[i], "Mappings", 8) == 0)
+            in_locations = 0;
+        else if (in_locations && strstr(lines[i], fn) != NULL) {
+            int id = atoi(lines[i]);
+            if (id > 0 && id < 4096)
+                loc_is_fn[id] = true;
+        }
+    }
+    long long total = 0;
+    bool in_samples = false;
+    for (int i = 0; i < n; i++) {
+        if (strncmp(lines[i], "Samples:", 8) == 0) {
+            in_samples = true;
+            continue;
+        }
+        if (strncmp(lines[i], "Locations", 9) == 0)
+            break;
+        long long ao, as, io, is;
+        char *colon = strchr(lines[i], ':');
+        if (!in_samples || colon == NULL ||
+            sscanf(lines[i], "%lld %lld %lld %lld", &ao, &as, &io, &is) != 4)
+            continue;
+        bool has = false;
+        for (char *t = strtok(colon + 1, " \n"); t != NULL; t = strtok(NULL, " \n"))
+            has |= atoi(t) > 0 && atoi(t) < 4096 && loc_is_fn[atoi(t)];
+        if (has)
+            total += is;
+    }
+    return total;
+}
+
+static void round_trip_through_go_tool_pprof(void **state)
+{
+    (void)state;
+    set_rate(1, 3);
+    profile_site_alpha();
+    profile_site_beta();
+    char path[] = "/tmp/spanalloc_profile_XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    close(fd);
+    assert_int_equal(spanalloc_profile_write(path), 0);
+    assert_int_equal(raw_inuse_of(path, "profile_site_alpha"), 300 * 1024);
+    assert_int_equal(raw_inuse_of(path, "profile_site_beta"), SITE_B_BYTES);
+    for (int i = 0; i < 300; i++)
+        spanalloc_free(kept_a[i]);
+    for (int i = 0; i < 70; i++)
+        spanalloc_free(kept_b[i]);
+    assert_int_equal(spanalloc_profile_write(path), 0);
+    assert_int_equal(raw_inuse_of(path, "profile_site_alpha"), 0);
+    unlink(path);
+    set_rate(SA_PROFILE_DEFAULT_RATE, 1);
+}
+
+/* ---- 5. fork, thread exit, races, failures */
+
+#define CHILD_CHECK(cond) \
+    do { \
+        if (!(cond)) { \
+            fprintf(stderr, "child: %s failed (line %d)\n", #cond, __LINE__); \
+            _exit(1); \
+        } \
+    } while (0)
+
+static void fork_with_sampled_blocks_live(void **state)
+{
+    (void)state;
+    set_rate(1, 11);
+    void *p[16];
+    for (int i = 0; i < 16; i++)
+        p[i] = spanalloc_malloc(512 + 100 * (size_t)i);
+    double live = inuse_now();
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        for (int i = 0; i < 8; i++) {
+            CHILD_CHECK(is_sampled(p[i]));
+            spanalloc_free(p[i]);
+        }
+        CHILD_CHECK(inuse_now() < live);
+        void *q = spanalloc_malloc(2000);
+        CHILD_CHECK(is_sampled(q));
+        char path[64];
+        snprintf(path, sizeof(path), "/tmp/spanalloc_prof_child_%d", (int)getpid());
+        CHILD_CHECK(spanalloc_profile_write(path) == 0);
+        unlink(path);
+        spanalloc_free(q);
+        _exit(0);
+    }
+    alarm(30);
+    int status;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    alarm(0);
+    assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    assert_true(fabs(inuse_now() - live) < 1.0); /* the child's frees were its own */
+    for (int i = 0; i < 16; i++)
+        spanalloc_free(p[i]);
+    set_rate(SA_PROFILE_DEFAULT_RATE, 1);
+}
+
+static _Atomic bool stop_churn;
+static void *churn(void *arg);
+
+__attribute__((noinline)) static void *child_only_site(size_t n)
+{
+    return spanalloc_malloc(n); /* a stack the unwinder has not seen: a cache miss */
+}
+
+/* Fork again and again while two threads sample heavily (every 256 bytes,
+ * so some thread is usually inside the unwinder): the child must unwind,
+ * record and write a profile without finding a lock left held. */
+static void fork_while_threads_sample(void **state)
+{
+    (void)state;
+    sa_profile_options.rate = 256;
+    atomic_store(&stop_churn, false);
+    pthread_t t[2];
+    for (int i = 0; i < 2; i++)
+        assert_int_equal(pthread_create(&t[i], NULL, churn, NULL), 0);
+    int failed = 0;
+    for (int round = 0; round < 20; round++) {
+        pid_t pid = fork();
+        if (pid == 0) {
+            set_rate(1, 29);
+            void *p = child_only_site(100 + (size_t)round);
+            CHILD_CHECK(is_sampled(p));
+            char path[64];
+            snprintf(path, sizeof(path), "/tmp/spanalloc_prof_fork_%d", (int)getpid());
+            CHILD_CHECK(spanalloc_profile_write(path) == 0);
+            unlink(path);
+            spanalloc_free(p);
+            /* Exit through exec: under memcheck the child is not leak-checked
+             * for the blocks of the threads it did not inherit. */
+            execl("/bin/true", "true", (char *)NULL);
+            _exit(0);
+        }
+        alarm(30); /* a child stuck on a lock held at fork time */
+        int status = 0;
+        if (pid < 0 || waitpid(pid, &status, 0) != pid || !WIFEXITED(status) ||
+            WEXITSTATUS(status) != 0)
+            failed++;
+        alarm(0);
+    }
+    atomic_store(&stop_churn, true); /* before asserting: no thread left running */
+    for (int i = 0; i < 2; i++)
+        assert_int_equal(pthread_join(t[i], NULL), 0);
+    assert_int_equal(failed, 0);
+    set_rate(SA_PROFILE_DEFAULT_RATE, 1);
+}
+
+static void *alloc_and_exit(void *arg)
+{
+    void **out = arg;
+    set_rate(1, 13); /* this thread's own countdown */
+    for (int i = 0; i < 32; i++)
+        out[i] = spanalloc_malloc(3000);
+    return NULL;
+}
+
+static void thread_exit_with_sampled_blocks_live(void **state)
+{
+    (void)state;
+    double base = inuse_now();
+    void *blocks[32];
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, alloc_and_exit, blocks), 0);
+    assert_int_equal(pthread_join(t, NULL), 0);
+    for (int i = 0; i < 32; i++)
+        assert_true(is_sampled(blocks[i]));
+    assert_true(inuse_now() - base >= 32 * 3000);
+    for (int i = 0; i < 32; i++)
+        spanalloc_free(blocks[i]);
+    assert_true(fabs(inuse_now() - base) < 1.0);
+    set_rate(SA_PROFILE_DEFAULT_RATE, 1);
+}
+
+static void *churn(void *arg)
+{
+    (void)arg;
+    sa_sampler_reseed((uint64_t)(uintptr_t)&arg);
+    void *slots[64] = {0};
+    for (unsigned i = 0; !atomic_load(&stop_churn); i++) {
+        unsigned k = (i * 2654435761u) >> 26;
+        spanalloc_free(slots[k]);
+        slots[k] = spanalloc_malloc(16 + (i % 5000));
+    }
+    for (int k = 0; k < 64; k++)
+        spanalloc_free(slots[k]);
+    return NULL;
+}
+
+static void writing_races_with_allocating_threads(void **state)
+{
+    (void)state;
+    sa_profile_options.rate = 4096;
+    atomic_store(&stop_churn, false);
+    pthread_t t[2];
+    for (int i = 0; i < 2; i++)
+        assert_int_equal(pthread_create(&t[i], NULL, churn, NULL), 0);
+    char path[] = "/tmp/spanalloc_race_XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    close(fd);
+    for (int i = 0; i < 20; i++)
+        assert_int_equal(spanalloc_profile_write(path), 0);
+    atomic_store(&stop_churn, true);
+    for (int i = 0; i < 2; i++)
+        assert_int_equal(pthread_join(t[i], NULL), 0);
+    struct mem_stats st = stats_now();
+    assert_stats_invariants(&st);
+    /* The last file is a whole gzip stream. */
+    unsigned char head[2];
+    fd = open(path, O_RDONLY);
+    assert_int_equal(read(fd, head, 2), 2);
+    close(fd);
+    assert_int_equal(head[0], 0x1f);
+    assert_int_equal(head[1], 0x8b);
+    unlink(path);
+    set_rate(SA_PROFILE_DEFAULT_RATE, 1);
+}
+
+static void assert_same_heap(const struct mem_stats *a, const struct mem_stats *b)
+{
+    assert_int_equal(a->heap_alloc, b->heap_alloc);
+    assert_int_equal(a->total_alloc, b->total_alloc);
+    assert_int_equal(a->mallocs, b->mallocs);
+    assert_int_equal(a->frees, b->frees);
+    assert_int_equal(a->heap_sys, b->heap_sys);
+    assert_int_equal(a->heap_inuse, b->heap_inuse);
+    assert_int_equal(a->sys, b->sys);
+}
+
+static void failing_write_reports_errno_and_leaves_the_heap(void **state)
+{
+    (void)state;
+    set_rate(1, 17);
+    void *p = spanalloc_malloc(777); /* something in the profile */
+    struct mem_stats before = stats_now();
+    assert_int_equal(spanalloc_profile_write("/nonexistent-dir/heap.pb.gz"), ENOENT);
+    assert_int_equal(spanalloc_profile_write("/dev/full"), ENOSPC);
+    int e = spanalloc_profile_write("/sys/heap.pb.gz"); /* a directory no one may write */
+    assert_true(e == EACCES || e == EROFS || e == EPERM);
+    assert_int_equal(spanalloc_profile_write(NULL), EINVAL);
+    struct mem_stats after = stats_now();
+    assert_same_heap(&before, &after);
+    /* No temporary left behind: a failed write cleans up. */
+    assert_int_equal(access("/nonexistent-dir", F_OK), -1);
+    spanalloc_free(p);
+    set_rate(SA_PROFILE_DEFAULT_RATE, 1);
+}
+
+/* A successful write does not touch the heap either. */
+static void writing_leaves_the_heap_alone(void **state)
+{
+    (void)state;
+    set_rate(1, 19);
+    void *p = spanalloc_malloc(5000);
+    set_rate(0, 1);
+    char path[] = "/tmp/spanalloc_quiet_XXXXXX";
+    int fd = mkstemp(path);
+    close(fd);
+    struct mem_stats before = stats_now();
+    assert_int_equal(spanalloc_profile_write(path), 0);
+    struct mem_stats after = stats_now();
+    assert_same_heap(&before, &after);
+    unlink(path);
+    spanalloc_free(p);
+    set_rate(SA_PROFILE_DEFAULT_RATE, 1);
+}
+
+int mallctl(const char *name, void *oldp, size_t *oldlenp, void *newp, size_t newlen);
+
+/* jemalloc's names: prof.dump writes the profile, opt.prof says sampling is on. */
+static void mallctl_prof_dump_writes_the_profile(void **state)
+{
+    (void)state;
+    set_rate(1, 23);
+    void *p = spanalloc_malloc(4321);
+    char path[] = "/tmp/spanalloc_dump_XXXXXX";
+    int fd = mkstemp(path);
+    close(fd);
+    unlink(path);
+    const char *name = path;
+    assert_int_equal(mallctl("prof.dump", NULL, NULL, &name, sizeof(name)), 0);
+    struct stat st;
+    assert_int_equal(stat(path, &st), 0);
+    assert_true(st.st_size > 20);
+    assert_int_equal(mallctl("prof.dump", NULL, NULL, &name, 1), EINVAL);
+    bool on = false;
+    size_t len = sizeof(on);
+    assert_int_equal(mallctl("opt.prof", &on, &len, NULL, 0), 0);
+    assert_true(on);
+    set_rate(0, 1);
+    assert_int_equal(mallctl("opt.prof", &on, &len, NULL, 0), 0);
+    assert_false(on);
+    unlink(path);
+    spanalloc_free(p);
+    set_rate(SA_PROFILE_DEFAULT_RATE, 1);
+}
+
+/* SPANALLOC_PROFILE_RATE as the library reads it at load: this binary run
+ * again with the variable set, printing the rate it got. */
+static uint64_t rate_with(const char *value)
+{
+    char cmd[256];
+    /* The program's own path, not /proc/self/exe (valgrind's, under memcheck). */
+    snprintf(cmd, sizeof(cmd), "%s '%s' --print-rate 2>/dev/null",
+             value ? value : "env -u SPANALLOC_PROFILE_RATE", program_invocation_name);
+    FILE *f = popen(cmd, "r");
+    assert_non_null(f);
+    unsigned long long rate = 1;
+    assert_int_equal(fscanf(f, "%llu", &rate), 1);
+    assert_int_equal(pclose(f), 0);
+    return rate;
+}
+
+static void rate_option_is_parsed(void **state)
+{
+    (void)state;
+    assert_int_equal(rate_with(NULL), 512 << 10);
+    assert_int_equal(rate_with("SPANALLOC_PROFILE_RATE=16K"), 16 << 10);
+    assert_int_equal(rate_with("SPANALLOC_PROFILE_RATE=1048576"), 1 << 20);
+    assert_int_equal(rate_with("SPANALLOC_PROFILE_RATE=off"), 0);
+    assert_int_equal(rate_with("SPANALLOC_PROFILE_RATE=0"), 0);
+    assert_int_equal(rate_with("SPANALLOC_PROFILE_RATE=soon"), 512 << 10); /* kept, with a warning */
+}
+
+int main(int argc, char **argv)
+{
+    if (argc == 2 && strcmp(argv[1], "--print-rate") == 0) {
+        spanalloc_free(spanalloc_malloc(1)); /* the library is loaded and read its options */
+        printf("%llu\n", (unsigned long long)sa_profile_options.rate);
+        return 0;
+    }
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(rate_option_is_parsed),
+        cmocka_unit_test(sampler_estimate_is_unbiased),
+        cmocka_unit_test(sampled_blocks_behave_like_unsampled_ones),
+        cmocka_unit_test(sampled_frees_are_found),
+        cmocka_unit_test(round_trip_through_go_tool_pprof),
+        cmocka_unit_test(fork_with_sampled_blocks_live),
+        cmocka_unit_test(fork_while_threads_sample),
+        cmocka_unit_test(thread_exit_with_sampled_blocks_live),
+        cmocka_unit_test(writing_races_with_allocating_threads),
+        cmocka_unit_test(failing_write_reports_errno_and_leaves_the_heap),
+        cmocka_unit_test(writing_leaves_the_heap_alone),
+        cmocka_unit_test(mallctl_prof_dump_writes_the_profile),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
