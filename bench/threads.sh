@@ -1,0 +1,207 @@
+#!/usr/bin/env bash
+# threads.sh: the multi-thread workloads of bench/threads under every
+# allocator, one markdown table per workload.
+#
+# Each run is one process (bench/threads --workload W) started by bench_run
+# with LD_PRELOAD set to the allocator.  Allocators alternate round-robin:
+# every repetition runs every workload under every allocator back to back,
+# starting with a different allocator each time, so slow drift on a noisy
+# machine hits all rows alike.  Each table gives, per allocator, the median
+# of every figure the workload printed, the best peer of each column and the
+# spanalloc/best-peer ratio (> 1: spanalloc behind, for every column; for
+# throughput columns the ratio is best peer / spanalloc).  A summary table
+# of every figure comes first.  The tables go to bench/out/threads.md.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+usage() {
+    cat <<EOF
+usage: bash bench/threads.sh [options]
+Runs the workloads of bench/threads under each allocator (LD_PRELOAD),
+alternating allocators, and prints one markdown table per workload: median of
+every figure per allocator, best peer, spanalloc/best-peer ratio.
+  --runs N            runs per workload and allocator (default 7)
+  --quick             3 runs at --scale 0.5 (about a third of the time)
+  --workloads LIST    comma-separated subset (default: all; bench/threads --list)
+  --allocators LIST   default: ${ALL_ALLOCATORS// /,}
+  --scale F           passed to threads --scale (default 1)
+  --build DIR         meson build dir (default build); bench/threads is built if missing
+  --out FILE          markdown copy (default bench/out/threads.md)
+  --no-install        do not apt-get install missing peers
+  --help              this text
+The full default run takes about 10 minutes on 2 cores.
+spanalloc is skipped with a warning if DIR/libspanalloc.so is missing.
+EOF
+}
+
+RUNS=7 WORKLOADS="" ALLOCS=$ALL_ALLOCATORS SCALE=1 BUILD=build OUT="" INSTALL=1
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --runs) RUNS=$2; shift 2 ;;
+        --quick) RUNS=3 SCALE=0.5; shift ;;
+        --workloads) WORKLOADS=$2; shift 2 ;;
+        --allocators) ALLOCS=$2; shift 2 ;;
+        --scale) SCALE=$2; shift 2 ;;
+        --build) BUILD=$2; shift 2 ;;
+        --out) OUT=$2; shift 2 ;;
+        --no-install) INSTALL=0; shift ;;
+        -h | --help) usage; exit 0 ;;
+        *) usage >&2; exit 2 ;;
+    esac
+done
+[[ "$RUNS" =~ ^[1-9][0-9]*$ ]] || die "--runs wants a positive integer"
+BUILD=$(abs_build_dir "$BUILD")
+OUT=${OUT:-$BENCH_DIR/out/threads.md}
+if [ ! -x "$BUILD/bench/threads" ] || [ ! -x "$BUILD/bench/bench_run" ]; then
+    [ -f "$BUILD/build.ninja" ] || die "$BUILD is not a meson build dir (meson setup $BUILD)"
+    ninja -C "$BUILD" -j2 bench/threads bench/bench_run >&2
+fi
+[ "$INSTALL" = 1 ] && install_peers
+read -r -a allocs <<<"$(usable_allocators "$ALLOCS" "$BUILD")"
+[ ${#allocs[@]} -gt 0 ] || die "no usable allocator"
+# spanalloc first: the ratio rows are spanalloc/best peer.
+read -r -a allocs <<<"$(printf '%s\n' "${allocs[@]}" | awk '$0=="spanalloc"{print; next} {r=r" "$0} END{print r}' | tr '\n' ' ')"
+if [ -n "$WORKLOADS" ]; then
+    read -r -a workloads <<<"${WORKLOADS//,/ }"
+else
+    mapfile -t workloads < <("$BUILD/bench/threads" --list)
+fi
+
+mkdir -p "$(dirname "$OUT")"
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+results=$tmp/results
+: >"$results"
+"$BUILD/bench/threads" --describe >"$tmp/describe"
+
+n=${#allocs[@]}
+start=$(date +%s)
+log "threads: ${#workloads[@]} workloads x ${n} allocators x $RUNS runs (${allocs[*]}), scale $SCALE"
+for ((rep = 0; rep < RUNS; rep++)); do
+    for w in "${workloads[@]}"; do
+        line="[run $((rep + 1))/$RUNS] $(printf '%-16s' "$w")"
+        for ((k = 0; k < n; k++)); do
+            a=${allocs[$(((k + rep) % n))]} # rotate the starting allocator per run
+            pre=$(preload_path "$a" "$BUILD")
+            rc=0
+            rm -f "$tmp/m"
+            "$BUILD/bench/bench_run" --preload "$pre" --out "$tmp/m" -- \
+                "$BUILD/bench/threads" --workload "$w" --scale "$SCALE" \
+                >"$tmp/stdout" 2>"$tmp/stderr" || rc=$?
+            status=$rc
+            [ -s "$tmp/m" ] && read -r _ _ status <"$tmp/m"
+            if [ "$status" != 0 ]; then
+                warn "$w under $a failed (status $status): $(tail -n 3 "$tmp/stderr")"
+                echo "FAIL $w $a $status" >>"$results"
+            else
+                awk -v a="$a" -v rep="$rep" '$1 == "result" { print "R", $2, $3, a, rep, $4, $5 }' \
+                    "$tmp/stdout" >>"$results"
+            fi
+            line+=" $a $(awk '$1 == "result" { printf "%s ", $4; exit }' "$tmp/stdout")"
+        done
+        log "$line"
+    done
+done
+elapsed=$(($(date +%s) - start))
+
+{
+    echo "## Multi-thread workloads (bench/threads.sh)"
+    echo
+    echo "$(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) CPUs, kernel $(uname -r), commit" \
+        "$(git -C "$REPO_DIR" rev-parse --short HEAD 2>/dev/null || echo '?'); $RUNS runs each" \
+        "(scale $SCALE), allocators alternating round-robin; median per allocator. Ratio:" \
+        "spanalloc / best peer for lower-is-better figures, best peer / spanalloc for" \
+        "throughput (Mops): > 1 always means spanalloc is behind. Run took ${elapsed}s."
+    echo
+    awk -v allocs="${allocs[*]}" -v wls="${workloads[*]}" -v desc="$tmp/describe" '
+    function median(key,   m, i, j, t, v) {
+        m = cnt[key]
+        for (i = 1; i <= m; i++) v[i] = vals[key, i]
+        for (i = 2; i <= m; i++) { t = v[i]; for (j = i - 1; j >= 1 && v[j] > t; j--) v[j + 1] = v[j]; v[j + 1] = t }
+        return (m % 2) ? v[(m + 1) / 2] : (v[m / 2] + v[m / 2 + 1]) / 2
+    }
+    function fmt(v) {
+        if (v >= 100) return sprintf("%.0f", v)
+        if (v >= 10) return sprintf("%.1f", v)
+        if (v >= 1) return sprintf("%.2f", v)
+        return sprintf("%.3g", v)
+    }
+    # best peer of figure f of workload w: sets bp (index into A, 0 if none)
+    function best(w, f,   j, k, m) {
+        bp = 0
+        for (j = 2; j <= na; j++) {
+            k = w SUBSEP f SUBSEP A[j]
+            if (!(k in cnt) || ((w, A[j]) in fail)) continue
+            m = median(k)
+            if (bp == 0 || (dir[w, f] == "high" ? m > bm : m < bm)) { bp = j; bm = m }
+        }
+    }
+    function ratio(w, f,   s) {
+        if (A[1] != "spanalloc" || bp == 0 || !((w, f, A[1]) in cnt) || ((w, A[1]) in fail)) return "-"
+        s = median(w SUBSEP f SUBSEP A[1])
+        if (dir[w, f] == "high") return (s > 0) ? sprintf("%.2f", bm / s) : "-"
+        return (bm > 0) ? sprintf("%.2f", s / bm) : "-"
+    }
+    BEGIN {
+        while ((getline l < desc) > 0) { split(l, p, "\t"); what[p[1]] = p[2] }
+    }
+    $1 == "FAIL" { fail[$2, $3] = $4; next }
+    $1 == "R" {
+        w = $2; f = $3; a = $4
+        if (!((w, f) in dir)) { nf[w]++; F[w, nf[w]] = f; dir[w, f] = $7 }
+        k = w SUBSEP f SUBSEP a
+        cnt[k]++; vals[k, cnt[k]] = $6
+    }
+    END {
+        na = split(allocs, A, " "); nw = split(wls, W, " ")
+        print "### Summary: every figure, spanalloc against the best peer"
+        print ""
+        print "| workload | figure | better | spanalloc | best peer | its figure | ratio |"
+        print "|---|---|---|---:|---|---:|---:|"
+        for (i = 1; i <= nw; i++) {
+            w = W[i]
+            for (q = 1; q <= nf[w]; q++) {
+                f = F[w, q]; best(w, f)
+                k = w SUBSEP f SUBSEP A[1]
+                s = (A[1] == "spanalloc" && (k in cnt) && !((w, A[1]) in fail)) ? fmt(median(k)) : "-"
+                printf "| %s | %s | %s | %s | %s | %s | %s |\n", w, f, dir[w, f], s,
+                    (bp ? A[bp] : "-"), (bp ? fmt(bm) : "-"), ratio(w, f)
+            }
+        }
+        print ""
+        for (i = 1; i <= nw; i++) {
+            w = W[i]
+            print "### " w
+            print ""
+            print what[w] "."
+            print ""
+            hdr = "| allocator |"; sep = "|---|"
+            for (q = 1; q <= nf[w]; q++) { hdr = hdr " " F[w, q] " (" dir[w, F[w, q]] ") |"; sep = sep "---:|" }
+            print hdr; print sep
+            for (j = 1; j <= na; j++) {
+                line = "| " A[j] " |"
+                for (q = 1; q <= nf[w]; q++) {
+                    k = w SUBSEP F[w, q] SUBSEP A[j]
+                    if ((w, A[j]) in fail) line = line " FAIL(" fail[w, A[j]] ") |"
+                    else if (k in cnt) line = line " " fmt(median(k)) " |"
+                    else line = line " - |"
+                }
+                print line
+            }
+            if (na > 1) {
+                line = "| best peer |"; rline = "| **spanalloc / best peer** |"
+                for (q = 1; q <= nf[w]; q++) {
+                    best(w, F[w, q])
+                    line = line " " (bp ? A[bp] : "-") " |"
+                    rline = rline " **" ratio(w, F[w, q]) "** |"
+                }
+                print line
+                if (A[1] == "spanalloc") print rline
+            }
+            if (nf[w] == 0) print "(no figures: every run failed)"
+            print ""
+        }
+    }' "$results"
+} >"$OUT"
+cat "$OUT"
+log "threads: tables written to $OUT"
