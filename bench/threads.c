@@ -824,6 +824,136 @@ static void wl_scaling_cross(const char *wl)
     scaling(wl, 4);
 }
 
+/* ---- server-1000: a thread-per-connection server with 1000 threads; mixed
+ * request sizes up to 4 MiB, a shared response cache whose entries are freed
+ * by whichever thread displaces them, a yield after each request (the thread
+ * would wait for its socket).  Figures: wall time, RSS right after the last
+ * request with every thread still alive, and after the release call. */
+
+#define SRV_THREADS 1000
+#define SRV_CACHE 4096
+static struct {
+    pthread_mutex_t lock[64];
+    struct item slot[SRV_CACHE];
+    uint64_t requests_each;
+    struct idle_ctl c;
+} srv;
+
+static uint64_t srv_size(struct bench_rng *r)
+{
+    uint64_t d = bench_rng_next(r) % 1000;
+    if (d < 700)
+        return bench_rng_logsize(r, 64, 4096);
+    if (d < 950)
+        return bench_rng_logsize(r, 4097, 64 << 10);
+    if (d < 995)
+        return bench_rng_logsize(r, (64 << 10) + 1, 1 << 20);
+    return bench_rng_logsize(r, (1 << 20) + 1, 4 << 20);
+}
+
+static void srv_request(struct bench_rng *r, uint64_t token, uint64_t *sum)
+{
+    uint64_t size = srv_size(r);
+    unsigned char *req = xmalloc(size);
+    touch_pages(req, 16, size);
+    bench_stamp(req, size, token);
+    /* parsed fields and a response, short-lived */
+    unsigned char *field[4];
+    for (int i = 0; i < 4; i++) {
+        uint64_t fs = bench_rng_range(r, 32, 256);
+        field[i] = xmalloc(fs);
+        memset(field[i], i + 1, fs);
+    }
+    uint64_t rs = bench_rng_logsize(r, 1024, 16384);
+    unsigned char *resp = xmalloc(rs);
+    memset(resp, 0x33, rs < 512 ? rs : 512);
+    *sum += resp[rs < 512 ? rs - 1 : 511];
+    for (int i = 0; i < 4; i++) {
+        *sum += field[i][31];
+        free(field[i]);
+    }
+    free(resp);
+    if (bench_rng_next(r) % 4 != 0) {
+        struct item it = {req, (uint32_t)size, token};
+        check_free("server-1000", &it);
+        return;
+    }
+    size_t i = bench_rng_next(r) % SRV_CACHE;
+    pthread_mutex_t *l = &srv.lock[i % 64];
+    pthread_mutex_lock(l);
+    struct item old = srv.slot[i];
+    srv.slot[i] = (struct item){req, (uint32_t)size, token};
+    pthread_mutex_unlock(l);
+    if (old.p != NULL)
+        check_free("server-1000", &old);
+}
+
+static void *srv_thread(void *arg)
+{
+    struct idle_arg *a = arg;
+    struct idle_ctl *c = a->c;
+    struct bench_rng r;
+    bench_rng_seed(&r, seed * 49979687 + a->tag);
+    uint64_t sum = 0;
+    pthread_barrier_wait(&c->alive);
+    pthread_barrier_wait(&c->go);
+    for (uint64_t k = 0; k < srv.requests_each; k++) {
+        srv_request(&r, ((uint64_t)a->tag << 40) | k, &sum);
+        sched_yield();
+    }
+    pthread_barrier_wait(&c->done);
+    pthread_mutex_lock(&c->lock);
+    while (!c->quit)
+        pthread_cond_wait(&c->quit_cv, &c->lock);
+    pthread_mutex_unlock(&c->lock);
+    return (void *)(uintptr_t)sum;
+}
+
+static void wl_server1000(const char *wl)
+{
+    const unsigned n = SRV_THREADS;
+    struct idle_ctl *c = &srv.c;
+    for (int i = 0; i < 64; i++)
+        pthread_mutex_init(&srv.lock[i], NULL);
+    srv.requests_each = scaled(50);
+    c->quit = false;
+    pthread_barrier_init(&c->alive, NULL, n + 1);
+    pthread_barrier_init(&c->go, NULL, n + 1);
+    pthread_barrier_init(&c->done, NULL, n + 1);
+    pthread_mutex_init(&c->lock, NULL);
+    pthread_cond_init(&c->quit_cv, NULL);
+    pthread_t *t = xmalloc(n * sizeof(*t));
+    struct idle_arg *args = xmalloc(n * sizeof(*args));
+    for (unsigned i = 0; i < n; i++) {
+        args[i] = (struct idle_arg){c, (uint16_t)(i + 1)};
+        xthread(&t[i], srv_thread, &args[i]);
+    }
+    pthread_barrier_wait(&c->alive);
+    uint64_t t0 = bench_now_ns();
+    pthread_barrier_wait(&c->go);
+    pthread_barrier_wait(&c->done);
+    double s = (double)(bench_now_ns() - t0) / 1e9;
+    uint64_t busy = rss_now();
+    bench_alloc_release(&alloc);
+    uint64_t released = rss_now();
+    pthread_mutex_lock(&c->lock);
+    c->quit = true;
+    pthread_cond_broadcast(&c->quit_cv);
+    pthread_mutex_unlock(&c->lock);
+    for (unsigned i = 0; i < n; i++)
+        pthread_join(t[i], NULL);
+    for (size_t i = 0; i < SRV_CACHE; i++)
+        if (srv.slot[i].p != NULL) {
+            check_free(wl, &srv.slot[i]);
+            srv.slot[i].p = NULL;
+        }
+    free(t);
+    free(args);
+    result(wl, "wall_s", s, "low");
+    result(wl, "end_MiB", mib(busy), "low");
+    result(wl, "released_MiB", mib(released), "low");
+}
+
 /* ---- tail latency: malloc/free right after 1 GiB went idle */
 
 static int cmp_u64(const void *a, const void *b)
@@ -905,6 +1035,10 @@ static const struct {
     {"scaling-cross", wl_scaling_cross,
      "scaling-own, but every displaced block is freed by the next thread (batches of 64;"
      " at 1 thread the same as scaling-own)"},
+    {"server-1000", wl_server1000,
+     "thread-per-connection server, 1000 threads x 50 requests of 64 B..4 MiB (touched),"
+     " short-lived fields and responses, a shared 4096-entry cache freed by other threads;"
+     " wall time, RSS after the last request (threads alive) and after the release call"},
     {"tail", wl_tail,
      "after 1 GiB of 4 MiB blocks was freed and 300 ms passed: 1000 pairs each of 300 KiB and"
      " 64 B malloc+free, p99 and worst pair (us)"},

@@ -88,14 +88,16 @@ for ((rep = 0; rep < RUNS; rep++)); do
             "$BUILD/bench/bench_run" --preload "$pre" --out "$tmp/m" -- \
                 "$BUILD/bench/threads" --workload "$w" --scale "$SCALE" \
                 >"$tmp/stdout" 2>"$tmp/stderr" || rc=$?
-            status=$rc
-            [ -s "$tmp/m" ] && read -r _ _ status <"$tmp/m"
+            status=$rc kib=0
+            [ -s "$tmp/m" ] && read -r _ kib status <"$tmp/m"
             if [ "$status" != 0 ]; then
                 warn "$w under $a failed (status $status): $(tail -n 3 "$tmp/stderr")"
                 echo "FAIL $w $a $status" >>"$results"
             else
                 awk -v a="$a" -v rep="$rep" '$1 == "result" { print "R", $2, $3, a, rep, $4, $5 }' \
                     "$tmp/stdout" >>"$results"
+                # bench_run's ru_maxrss: the whole process's peak, every workload alike
+                echo "R $w peak_MiB $a $rep $(awk -v k="$kib" 'BEGIN { print k / 1024 }') low" >>"$results"
             fi
             line+=" $a $(awk '$1 == "result" { printf "%s ", $4; exit }' "$tmp/stdout")"
         done
