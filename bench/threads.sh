@@ -26,7 +26,9 @@ every figure per allocator, best peer, spanalloc/best-peer ratio.
   --allocators LIST   default: ${ALL_ALLOCATORS// /,}
   --scale F           passed to threads --scale (default 1)
   --build DIR         meson build dir (default build); bench/threads is built if missing
-  --out FILE          markdown copy (default bench/out/threads.md)
+  --out FILE          markdown copy (default bench/out/threads.md); the raw
+                      figures of every run go beside it (FILE without .md + .raw)
+  --render RAW        run nothing: print the tables of an earlier run's .raw file
   --no-install        do not apt-get install missing peers
   --help              this text
 The full default run takes about 10 minutes on 2 cores.
@@ -34,7 +36,7 @@ spanalloc is skipped with a warning if DIR/libspanalloc.so is missing.
 EOF
 }
 
-RUNS=7 WORKLOADS="" ALLOCS=$ALL_ALLOCATORS SCALE=1 BUILD=build OUT="" INSTALL=1
+RUNS=7 WORKLOADS="" ALLOCS=$ALL_ALLOCATORS SCALE=1 BUILD=build OUT="" INSTALL=1 RENDER=
 while [ $# -gt 0 ]; do
     case "$1" in
         --runs) RUNS=$2; shift 2 ;;
@@ -45,6 +47,7 @@ while [ $# -gt 0 ]; do
         --build) BUILD=$2; shift 2 ;;
         --out) OUT=$2; shift 2 ;;
         --no-install) INSTALL=0; shift ;;
+        --render) RENDER=$2; shift 2 ;;
         -h | --help) usage; exit 0 ;;
         *) usage >&2; exit 2 ;;
     esac
@@ -52,70 +55,84 @@ done
 [[ "$RUNS" =~ ^[1-9][0-9]*$ ]] || die "--runs wants a positive integer"
 BUILD=$(abs_build_dir "$BUILD")
 OUT=${OUT:-$BENCH_DIR/out/threads.md}
-if [ ! -x "$BUILD/bench/threads" ] || [ ! -x "$BUILD/bench/bench_run" ]; then
-    [ -f "$BUILD/build.ninja" ] || die "$BUILD is not a meson build dir (meson setup $BUILD)"
-    ninja -C "$BUILD" -j2 bench/threads bench/bench_run >&2
-fi
-[ "$INSTALL" = 1 ] && install_peers
-read -r -a allocs <<<"$(usable_allocators "$ALLOCS" "$BUILD")"
-[ ${#allocs[@]} -gt 0 ] || die "no usable allocator"
-# spanalloc first: the ratio rows are spanalloc/best peer.
-read -r -a allocs <<<"$(printf '%s\n' "${allocs[@]}" | awk '$0=="spanalloc"{print; next} {r=r" "$0} END{print r}' | tr '\n' ' ')"
-if [ -n "$WORKLOADS" ]; then
-    read -r -a workloads <<<"${WORKLOADS//,/ }"
-else
-    mapfile -t workloads < <("$BUILD/bench/threads" --list)
-fi
+RAW=${RENDER:-${OUT%.md}.raw}
 
-mkdir -p "$(dirname "$OUT")"
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-results=$tmp/results
-: >"$results"
-"$BUILD/bench/threads" --describe >"$tmp/describe"
-
-n=${#allocs[@]}
-start=$(date +%s)
-log "threads: ${#workloads[@]} workloads x ${n} allocators x $RUNS runs (${allocs[*]}), scale $SCALE"
-for ((rep = 0; rep < RUNS; rep++)); do
-    for w in "${workloads[@]}"; do
-        line="[run $((rep + 1))/$RUNS] $(printf '%-16s' "$w")"
-        for ((k = 0; k < n; k++)); do
-            a=${allocs[$(((k + rep) % n))]} # rotate the starting allocator per run
-            pre=$(preload_path "$a" "$BUILD")
-            rc=0
-            rm -f "$tmp/m"
-            "$BUILD/bench/bench_run" --preload "$pre" --out "$tmp/m" -- \
-                "$BUILD/bench/threads" --workload "$w" --scale "$SCALE" \
-                >"$tmp/stdout" 2>"$tmp/stderr" || rc=$?
-            status=$rc kib=0
-            [ -s "$tmp/m" ] && read -r _ kib status <"$tmp/m"
-            if [ "$status" != 0 ]; then
-                warn "$w under $a failed (status $status): $(tail -n 3 "$tmp/stderr")"
-                echo "FAIL $w $a $status" >>"$results"
-            else
-                awk -v a="$a" -v rep="$rep" '$1 == "result" { print "R", $2, $3, a, rep, $4, $5 }' \
-                    "$tmp/stdout" >>"$results"
-                # bench_run's ru_maxrss: the whole process's peak, every workload alike
-                echo "R $w peak_MiB $a $rep $(awk -v k="$kib" 'BEGIN { print k / 1024 }') low" >>"$results"
-            fi
-            line+=" $a $(awk '$1 == "result" { printf "%s ", $4; exit }' "$tmp/stdout")"
+# The raw file: "META key value..." lines, "DESC workload<TAB>text", then one
+# "R workload figure allocator rep value low|high" per figure and run, and
+# "FAIL workload allocator status" for a failed run.
+run_all() {
+    if [ ! -x "$BUILD/bench/threads" ] || [ ! -x "$BUILD/bench/bench_run" ]; then
+        [ -f "$BUILD/build.ninja" ] || die "$BUILD is not a meson build dir (meson setup $BUILD)"
+        ninja -C "$BUILD" -j2 bench/threads bench/bench_run >&2
+    fi
+    [ "$INSTALL" = 1 ] && install_peers
+    local allocs workloads
+    read -r -a allocs <<<"$(usable_allocators "$ALLOCS" "$BUILD")"
+    [ ${#allocs[@]} -gt 0 ] || die "no usable allocator"
+    # spanalloc first: the ratio columns are spanalloc/best peer.
+    read -r -a allocs <<<"$(printf '%s\n' "${allocs[@]}" | awk '$0=="spanalloc"{print; next} {r=r" "$0} END{print r}' | tr '\n' ' ')"
+    if [ -n "$WORKLOADS" ]; then
+        read -r -a workloads <<<"${WORKLOADS//,/ }"
+    else
+        mapfile -t workloads < <("$BUILD/bench/threads" --list)
+    fi
+    mkdir -p "$(dirname "$RAW")"
+    tmp=$(mktemp -d) # global: the EXIT trap runs after run_all returned
+    trap 'rm -rf "$tmp"' EXIT
+    {
+        echo "META allocs ${allocs[*]}"
+        echo "META workloads ${workloads[*]}"
+        echo "META runs $RUNS"
+        echo "META scale $SCALE"
+        echo "META date $(date -u '+%Y-%m-%d %H:%M UTC')"
+        echo "META machine $(nproc) CPUs, kernel $(uname -r)"
+        echo "META commit $(git -C "$REPO_DIR" rev-parse --short HEAD 2>/dev/null || echo '?')"
+        "$BUILD/bench/threads" --describe | sed 's/^/DESC /'
+    } >"$RAW"
+    local n=${#allocs[@]} start rep w k a pre rc status kib line
+    start=$(date +%s)
+    log "threads: ${#workloads[@]} workloads x ${n} allocators x $RUNS runs (${allocs[*]}), scale $SCALE"
+    for ((rep = 0; rep < RUNS; rep++)); do
+        for w in "${workloads[@]}"; do
+            line="[run $((rep + 1))/$RUNS] $(printf '%-16s' "$w")"
+            for ((k = 0; k < n; k++)); do
+                a=${allocs[$(((k + rep) % n))]} # rotate the starting allocator per run
+                pre=$(preload_path "$a" "$BUILD")
+                rc=0
+                rm -f "$tmp/m"
+                "$BUILD/bench/bench_run" --preload "$pre" --out "$tmp/m" -- \
+                    "$BUILD/bench/threads" --workload "$w" --scale "$SCALE" \
+                    >"$tmp/stdout" 2>"$tmp/stderr" || rc=$?
+                status=$rc kib=0
+                [ -s "$tmp/m" ] && read -r _ kib status <"$tmp/m"
+                if [ "$status" != 0 ]; then
+                    warn "$w under $a failed (status $status): $(tail -n 3 "$tmp/stderr")"
+                    echo "FAIL $w $a $status" >>"$RAW"
+                else
+                    awk -v a="$a" -v rep="$rep" '$1 == "result" { print "R", $2, $3, a, rep, $4, $5 }' \
+                        "$tmp/stdout" >>"$RAW"
+                    # bench_run's ru_maxrss: the whole process's peak, every workload alike
+                    echo "R $w peak_MiB $a $rep $(awk -v k="$kib" 'BEGIN { print k / 1024 }') low" >>"$RAW"
+                fi
+                line+=" $a $(awk '$1 == "result" { printf "%s ", $4; exit }' "$tmp/stdout")"
+            done
+            log "$line"
         done
-        log "$line"
     done
-done
-elapsed=$(($(date +%s) - start))
+    echo "META elapsed $(($(date +%s) - start))s" >>"$RAW"
+}
 
-{
+meta() { awk -v k="$1" '$1 == "META" && $2 == k { $1 = ""; $2 = ""; sub(/^  /, ""); print; exit }' "$RAW"; }
+
+render() {
     echo "## Multi-thread workloads (bench/threads.sh)"
     echo
-    echo "$(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) CPUs, kernel $(uname -r), commit" \
-        "$(git -C "$REPO_DIR" rev-parse --short HEAD 2>/dev/null || echo '?'); $RUNS runs each" \
-        "(scale $SCALE), allocators alternating round-robin; median per allocator. Ratio:" \
-        "spanalloc / best peer for lower-is-better figures, best peer / spanalloc for" \
-        "throughput (Mops): > 1 always means spanalloc is behind. Run took ${elapsed}s."
+    echo "$(meta date), $(meta machine), commit $(meta commit); $(meta runs) runs each" \
+        "(scale $(meta scale)), allocators alternating round-robin; median per allocator." \
+        "Ratio: spanalloc / best peer for lower-is-better figures, best peer / spanalloc for" \
+        "throughput (Mops): > 1 always means spanalloc is behind. Run took $(meta elapsed)."
     echo
-    awk -v allocs="${allocs[*]}" -v wls="${workloads[*]}" -v desc="$tmp/describe" '
+    awk -v allocs="$(meta allocs)" -v wls="$(meta workloads)" '
     function median(key,   m, i, j, t, v) {
         m = cnt[key]
         for (i = 1; i <= m; i++) v[i] = vals[key, i]
@@ -144,9 +161,7 @@ elapsed=$(($(date +%s) - start))
         if (dir[w, f] == "high") return (s > 0) ? sprintf("%.2f", bm / s) : "-"
         return (bm > 0) ? sprintf("%.2f", s / bm) : "-"
     }
-    BEGIN {
-        while ((getline l < desc) > 0) { split(l, p, "\t"); what[p[1]] = p[2] }
-    }
+    $1 == "DESC" { l = substr($0, 6); t = index(l, "\t"); what[substr(l, 1, t - 1)] = substr(l, t + 1); next }
     $1 == "FAIL" { fail[$2, $3] = $4; next }
     $1 == "R" {
         w = $2; f = $3; a = $4
@@ -156,18 +171,22 @@ elapsed=$(($(date +%s) - start))
     }
     END {
         na = split(allocs, A, " "); nw = split(wls, W, " ")
-        print "### Summary: every figure, spanalloc against the best peer"
+        print "### Summary: every figure under every allocator"
         print ""
-        print "| workload | figure | better | spanalloc | best peer | its figure | ratio |"
-        print "|---|---|---|---:|---|---:|---:|"
+        hdr = "| workload | figure | better |"; sep = "|---|---|---|"
+        for (j = 1; j <= na; j++) { hdr = hdr " " A[j] " |"; sep = sep "---:|" }
+        print hdr " best peer | sa/best |"; print sep "---|---:|"
         for (i = 1; i <= nw; i++) {
             w = W[i]
             for (q = 1; q <= nf[w]; q++) {
                 f = F[w, q]; best(w, f)
-                k = w SUBSEP f SUBSEP A[1]
-                s = (A[1] == "spanalloc" && (k in cnt) && !((w, A[1]) in fail)) ? fmt(median(k)) : "-"
-                printf "| %s | %s | %s | %s | %s | %s | %s |\n", w, f, dir[w, f], s,
-                    (bp ? A[bp] : "-"), (bp ? fmt(bm) : "-"), ratio(w, f)
+                line = "| " w " | " f " | " dir[w, f] " |"
+                for (j = 1; j <= na; j++) {
+                    k = w SUBSEP f SUBSEP A[j]
+                    if ((w, A[j]) in fail) line = line " FAIL |"
+                    else line = line " " ((k in cnt) ? fmt(median(k)) : "-") " |"
+                }
+                print line " " (bp ? A[bp] : "-") " | **" ratio(w, f) "** |"
             }
         }
         print ""
@@ -203,7 +222,12 @@ elapsed=$(($(date +%s) - start))
             if (nf[w] == 0) print "(no figures: every run failed)"
             print ""
         }
-    }' "$results"
-} >"$OUT"
+    }' "$RAW"
+}
+
+[ -n "$RENDER" ] || run_all
+mkdir -p "$(dirname "$OUT")"
+[ -s "$RAW" ] || die "$RAW: no figures"
+render >"$OUT"
 cat "$OUT"
-log "threads: tables written to $OUT"
+log "threads: tables written to $OUT (raw figures: $RAW)"
