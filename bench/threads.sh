@@ -86,6 +86,7 @@ run_all() {
         echo "META scale $SCALE"
         echo "META date $(date -u '+%Y-%m-%d %H:%M UTC')"
         echo "META machine $(nproc) CPUs, kernel $(uname -r)"
+        echo "META load_start $(cut -d' ' -f1-3 /proc/loadavg)"
         echo "META commit $(git -C "$REPO_DIR" rev-parse --short HEAD 2>/dev/null || echo '?')"
         "$BUILD/bench/threads" --describe | sed 's/^/DESC /'
     } >"$RAW"
@@ -120,6 +121,7 @@ run_all() {
         done
     done
     echo "META elapsed $(($(date +%s) - start))s" >>"$RAW"
+    echo "META load_end $(cut -d' ' -f1-3 /proc/loadavg)" >>"$RAW"
 }
 
 meta() { awk -v k="$1" '$1 == "META" && $2 == k { $1 = ""; $2 = ""; sub(/^  /, ""); print; exit }' "$RAW"; }
@@ -130,7 +132,9 @@ render() {
     echo "$(meta date), $(meta machine), commit $(meta commit); $(meta runs) runs each" \
         "(scale $(meta scale)), allocators alternating round-robin; median per allocator." \
         "Ratio: spanalloc / best peer for lower-is-better figures, best peer / spanalloc for" \
-        "throughput (Mops): > 1 always means spanalloc is behind. Run took $(meta elapsed)."
+        "throughput (Mops): > 1 always means spanalloc is behind. Run took $(meta elapsed);" \
+        "load average (1, 5, 15 min) $(meta load_start) at the start, $(meta load_end) at the end" \
+        "(the workloads' own runnable threads count in it: idle-threads and server-1000 add up to 1000)."
     echo
     awk -v allocs="$(meta allocs)" -v wls="$(meta workloads)" '
     function median(key,   m, i, j, t, v) {
@@ -138,6 +142,12 @@ render() {
         for (i = 1; i <= m; i++) v[i] = vals[key, i]
         for (i = 2; i <= m; i++) { t = v[i]; for (j = i - 1; j >= 1 && v[j] > t; j--) v[j + 1] = v[j]; v[j + 1] = t }
         return (m % 2) ? v[(m + 1) / 2] : (v[m / 2] + v[m / 2 + 1]) / 2
+    }
+    function range(key,   i, lo, hi) {
+        if (!(key in cnt)) return "-"
+        lo = hi = vals[key, 1]
+        for (i = 2; i <= cnt[key]; i++) { if (vals[key, i] < lo) lo = vals[key, i]; if (vals[key, i] > hi) hi = vals[key, i] }
+        return fmt(lo) ".." fmt(hi)
     }
     function fmt(v) {
         if (v >= 100) return sprintf("%.0f", v)
@@ -209,14 +219,23 @@ render() {
                 }
                 print line
             }
+            # the spread of the runs behind each median, spanalloc and the best peer
+            if (A[1] == "spanalloc" && !((w, A[1]) in fail)) {
+                line = "| spanalloc min..max |"
+                for (q = 1; q <= nf[w]; q++) line = line " " range(w SUBSEP F[w, q] SUBSEP A[1]) " |"
+                print line
+            }
             if (na > 1) {
                 line = "| best peer |"; rline = "| **spanalloc / best peer** |"
+                sline = "| best peer min..max |"
                 for (q = 1; q <= nf[w]; q++) {
                     best(w, F[w, q])
                     line = line " " (bp ? A[bp] : "-") " |"
+                    sline = sline " " (bp ? range(w SUBSEP F[w, q] SUBSEP A[bp]) : "-") " |"
                     rline = rline " **" ratio(w, F[w, q]) "** |"
                 }
                 print line
+                print sline
                 if (A[1] == "spanalloc") print rline
             }
             if (nf[w] == 0) print "(no figures: every run failed)"
