@@ -23,7 +23,9 @@ every figure per allocator, best peer, spanalloc/best-peer ratio.
   --runs N            runs per workload and allocator (default 7)
   --quick             3 runs at --scale 0.5 (about a third of the time)
   --workloads LIST    comma-separated subset (default: all; bench/threads --list)
-  --allocators LIST   default: ${ALL_ALLOCATORS// /,}
+  --allocators LIST   default: ${ALL_ALLOCATORS// /,}; NAME:VAR=VAL[:VAR=VAL]
+                      runs NAME with those environment settings as a row of its
+                      own (never a "peer"), e.g. spanalloc:SPANALLOC_PERCPU=off
   --scale F           passed to threads --scale (default 1)
   --build DIR         meson build dir (default build); bench/threads is built if missing
   --out FILE          markdown copy (default bench/out/threads.md); the raw
@@ -66,8 +68,11 @@ run_all() {
         ninja -C "$BUILD" -j2 bench/threads bench/bench_run >&2
     fi
     [ "$INSTALL" = 1 ] && install_peers
-    local allocs workloads
-    read -r -a allocs <<<"$(usable_allocators "$ALLOCS" "$BUILD")"
+    local allocs=() workloads tok
+    # NAME or NAME:VAR=VAL[:VAR=VAL...] (the same allocator run with settings)
+    for tok in ${ALLOCS//,/ }; do
+        [ -n "$(usable_allocators "${tok%%:*}" "$BUILD")" ] && allocs+=("$tok")
+    done
     [ ${#allocs[@]} -gt 0 ] || die "no usable allocator"
     # spanalloc first: the ratio columns are spanalloc/best peer.
     read -r -a allocs <<<"$(printf '%s\n' "${allocs[@]}" | awk '$0=="spanalloc"{print; next} {r=r" "$0} END{print r}' | tr '\n' ' ')"
@@ -90,7 +95,7 @@ run_all() {
         echo "META commit $(git -C "$REPO_DIR" rev-parse --short HEAD 2>/dev/null || echo '?')"
         "$BUILD/bench/threads" --describe | sed 's/^/DESC /'
     } >"$RAW"
-    local n=${#allocs[@]} start rep w k a pre rc status kib line
+    local n=${#allocs[@]} start rep w k a pre rc status kib line settings
     start=$(date +%s)
     log "threads: ${#workloads[@]} workloads x ${n} allocators x $RUNS runs (${allocs[*]}), scale $SCALE"
     for ((rep = 0; rep < RUNS; rep++)); do
@@ -98,10 +103,13 @@ run_all() {
             line="[run $((rep + 1))/$RUNS] $(printf '%-16s' "$w")"
             for ((k = 0; k < n; k++)); do
                 a=${allocs[$(((k + rep) % n))]} # rotate the starting allocator per run
-                pre=$(preload_path "$a" "$BUILD")
+                pre=$(preload_path "${a%%:*}" "$BUILD")
+                settings=()
+                [[ "$a" == *:* ]] && IFS=: read -r -a settings <<<"${a#*:}"
                 rc=0
                 rm -f "$tmp/m"
-                "$BUILD/bench/bench_run" --preload "$pre" --out "$tmp/m" -- \
+                env ${settings[@]+"${settings[@]}"} \
+                    "$BUILD/bench/bench_run" --preload "$pre" --out "$tmp/m" -- \
                     "$BUILD/bench/threads" --workload "$w" --scale "$SCALE" \
                     >"$tmp/stdout" 2>"$tmp/stderr" || rc=$?
                 status=$rc kib=0
@@ -160,7 +168,7 @@ render() {
         bp = 0
         for (j = 2; j <= na; j++) {
             k = w SUBSEP f SUBSEP A[j]
-            if (!(k in cnt) || ((w, A[j]) in fail)) continue
+            if (A[j] ~ /^spanalloc/ || !(k in cnt) || ((w, A[j]) in fail)) continue
             m = median(k)
             if (bp == 0 || (dir[w, f] == "high" ? m > bm : m < bm)) { bp = j; bm = m }
         }
