@@ -196,6 +196,11 @@ render() {
         print hdr " best peer | sa/best |"; print sep "---|---:|"
         for (i = 1; i <= nw; i++) {
             w = W[i]
+            if (nf[w] == 0) {
+                line = "| " w " | (none) | - |"
+                for (j = 1; j <= na; j++) line = line " " (((w, A[j]) in fail) ? "FAIL(" fail[w, A[j]] ")" : "-") " |"
+                print line " - | - |"
+            }
             for (q = 1; q <= nf[w]; q++) {
                 f = F[w, q]; best(w, f)
                 line = "| " w " | " f " | " dir[w, f] " |"
@@ -214,6 +219,13 @@ render() {
             print ""
             print what[w] "."
             print ""
+            if (nf[w] == 0) {
+                line = "No figures: every run failed ("
+                for (j = 1; j <= na; j++) if ((w, A[j]) in fail) line = line A[j] ": status " fail[w, A[j]] "; "
+                print line "a content check fails with 3)."
+                print ""
+                continue
+            }
             hdr = "| allocator |"; sep = "|---|"
             for (q = 1; q <= nf[w]; q++) { hdr = hdr " " F[w, q] " (" dir[w, F[w, q]] ") |"; sep = sep "---:|" }
             print hdr; print sep
@@ -246,7 +258,6 @@ render() {
                 print sline
                 if (A[1] == "spanalloc") print rline
             }
-            if (nf[w] == 0) print "(no figures: every run failed)"
             print ""
         }
     }' "$RAW"
