@@ -25,7 +25,9 @@ every figure per allocator, best peer, spanalloc/best-peer ratio.
   --workloads LIST    comma-separated subset (default: all; bench/threads --list)
   --allocators LIST   default: ${ALL_ALLOCATORS// /,}; NAME:VAR=VAL[:VAR=VAL]
                       runs NAME with those environment settings as a row of its
-                      own (never a "peer"), e.g. spanalloc:SPANALLOC_PERCPU=off
+                      own (never a "peer"), e.g. spanalloc:SPANALLOC_PERCPU=off;
+                      LABEL@LIB[:VAR=VAL] preloads LIB (another build) as a row of
+                      its own, e.g. before@/tmp/before/build/libspanalloc.so
   --scale F           passed to threads --scale (default 1)
   --build DIR         meson build dir (default build); bench/threads is built if missing
   --out FILE          markdown copy (default bench/out/threads.md); the raw
@@ -70,8 +72,14 @@ run_all() {
     [ "$INSTALL" = 1 ] && install_peers
     local allocs=() workloads tok
     # NAME or NAME:VAR=VAL[:VAR=VAL...] (the same allocator run with settings)
+    # or LABEL@LIBRARY[:VAR=VAL...] (another build, e.g. the code before a change)
     for tok in ${ALLOCS//,/ }; do
-        [ -n "$(usable_allocators "${tok%%:*}" "$BUILD")" ] && allocs+=("$tok")
+        local base=${tok%%:*}
+        if [[ "$base" == *@* ]]; then
+            if [ -e "${base#*@}" ]; then allocs+=("$tok"); else warn "${base#*@} missing: $tok skipped"; fi
+        elif [ -n "$(usable_allocators "$base" "$BUILD")" ]; then
+            allocs+=("$tok")
+        fi
     done
     [ ${#allocs[@]} -gt 0 ] || die "no usable allocator"
     # spanalloc first: the ratio columns are spanalloc/best peer.
@@ -95,7 +103,7 @@ run_all() {
         echo "META commit $(git -C "$REPO_DIR" rev-parse --short HEAD 2>/dev/null || echo '?')"
         "$BUILD/bench/threads" --describe | sed 's/^/DESC /'
     } >"$RAW"
-    local n=${#allocs[@]} start rep w k a pre rc status kib line settings
+    local n=${#allocs[@]} start rep w k a base pre rc status kib line settings
     start=$(date +%s)
     log "threads: ${#workloads[@]} workloads x ${n} allocators x $RUNS runs (${allocs[*]}), scale $SCALE"
     for ((rep = 0; rep < RUNS; rep++)); do
@@ -103,7 +111,8 @@ run_all() {
             line="[run $((rep + 1))/$RUNS] $(printf '%-16s' "$w")"
             for ((k = 0; k < n; k++)); do
                 a=${allocs[$(((k + rep) % n))]} # rotate the starting allocator per run
-                pre=$(preload_path "${a%%:*}" "$BUILD")
+                base=${a%%:*}
+                if [[ "$base" == *@* ]]; then pre=${base#*@}; else pre=$(preload_path "$base" "$BUILD"); fi
                 settings=()
                 [[ "$a" == *:* ]] && IFS=: read -r -a settings <<<"${a#*:}"
                 rc=0
@@ -168,7 +177,7 @@ render() {
         bp = 0
         for (j = 2; j <= na; j++) {
             k = w SUBSEP f SUBSEP A[j]
-            if (A[j] ~ /^spanalloc/ || !(k in cnt) || ((w, A[j]) in fail)) continue
+            if (A[j] ~ /^spanalloc|@/ || !(k in cnt) || ((w, A[j]) in fail)) continue
             m = median(k)
             if (bp == 0 || (dir[w, f] == "high" ? m > bm : m < bm)) { bp = j; bm = m }
         }
