@@ -11,6 +11,7 @@
 #define BENCH_COMMON_H
 
 #include <dlfcn.h>
+#include <stdbool.h>
 #include <fcntl.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -91,6 +92,40 @@ static inline uint64_t bench_rng_logsize(struct bench_rng *r, uint64_t lo, uint6
     uint64_t base = 1ull << b;
     uint64_t v = base + bench_rng_next(r) % base;
     return v < lo ? lo : v > hi ? hi : v;
+}
+
+/* ---- block stamps: every workload checks a block before freeing it */
+
+/* A block's stamp: its size and a token in the first 16 bytes (when it fits),
+ * and a tag byte at the end.  Cheap to write, cheap to check. */
+static inline unsigned char bench_tail_tag(uint64_t token)
+{
+    return (unsigned char)((token * 0x9e3779b97f4a7c15ull) >> 56) | 1u;
+}
+
+static inline void bench_stamp(unsigned char *p, uint64_t size, uint64_t token)
+{
+    if (size > 16) {
+        memcpy(p, &size, 8);
+        memcpy(p + 8, &token, 8);
+    } else {
+        p[0] = bench_tail_tag(token);
+    }
+    p[size - 1] = bench_tail_tag(token);
+}
+
+static inline bool bench_stamp_ok(const unsigned char *p, uint64_t size, uint64_t token)
+{
+    if (size > 16) {
+        uint64_t s, t;
+        memcpy(&s, p, 8);
+        memcpy(&t, p + 8, 8);
+        if (s != size || t != token)
+            return false;
+    } else if (p[0] != bench_tail_tag(token)) {
+        return false;
+    }
+    return p[size - 1] == bench_tail_tag(token);
 }
 
 /* ---- which allocator is preloaded, and how to make it release memory */

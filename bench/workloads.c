@@ -55,38 +55,6 @@ static void *xmalloc(size_t n)
     return p;
 }
 
-/* A block's stamp: its size and a token in the first 16 bytes (when it fits),
- * and a tag byte at the end.  Cheap to write, cheap to check. */
-static inline unsigned char tail_tag(uint64_t token)
-{
-    return (unsigned char)((token * 0x9e3779b97f4a7c15ull) >> 56) | 1u;
-}
-
-static inline void stamp(unsigned char *p, uint64_t size, uint64_t token)
-{
-    if (size > 16) {
-        memcpy(p, &size, 8);
-        memcpy(p + 8, &token, 8);
-    } else {
-        p[0] = tail_tag(token);
-    }
-    p[size - 1] = tail_tag(token);
-}
-
-static inline bool stamp_ok(const unsigned char *p, uint64_t size, uint64_t token)
-{
-    if (size > 16) {
-        uint64_t s, t;
-        memcpy(&s, p, 8);
-        memcpy(&t, p + 8, 8);
-        if (s != size || t != token)
-            return false;
-    } else if (p[0] != tail_tag(token)) {
-        return false;
-    }
-    return p[size - 1] == tail_tag(token);
-}
-
 /* ---- churn: single thread, small objects */
 
 static uint64_t wl_churn(void)
@@ -104,7 +72,7 @@ static uint64_t wl_churn(void)
     for (uint64_t k = 0; k < ops; k++) {
         size_t i = bench_rng_next(&r) % slots;
         if (p[i] != NULL) {
-            if (!stamp_ok(p[i], sz[i], tok[i]))
+            if (!bench_stamp_ok(p[i], sz[i], tok[i]))
                 corrupt("churn", "object changed while live", p[i], sz[i]);
             sum += p[i][sz[i] / 2];
             free(p[i]);
@@ -115,13 +83,13 @@ static uint64_t wl_churn(void)
         uint32_t size = (uint32_t)bench_rng_logsize(&r, 16, 1024);
         p[i] = xmalloc(size);
         p[i][size / 2] = (unsigned char)k;
-        stamp(p[i], size, k);
+        bench_stamp(p[i], size, k);
         sz[i] = size;
         tok[i] = k;
     }
     for (size_t i = 0; i < slots; i++)
         if (p[i] != NULL) {
-            if (!stamp_ok(p[i], sz[i], tok[i]))
+            if (!bench_stamp_ok(p[i], sz[i], tok[i]))
                 corrupt("churn", "object changed while live", p[i], sz[i]);
             free(p[i]);
         }
@@ -151,7 +119,7 @@ static void *producer(void *arg)
     for (uint64_t k = 0; k < q->items; k++) {
         uint32_t size = (uint32_t)bench_rng_logsize(&r, 16, 2048);
         unsigned char *p = xmalloc(size);
-        stamp(p, size, k);
+        bench_stamp(p, size, k);
         uint64_t h = atomic_load_explicit(&q->head, memory_order_relaxed);
         while (h - atomic_load_explicit(&q->tail, memory_order_acquire) >= RING)
             sched_yield();
@@ -172,7 +140,7 @@ static void *consumer(void *arg)
         unsigned char *p = q->slot[t % RING];
         uint32_t size = q->size[t % RING];
         atomic_store_explicit(&q->tail, t + 1, memory_order_release);
-        if (!stamp_ok(p, size, k))
+        if (!bench_stamp_ok(p, size, k))
             corrupt("prodcons", "object changed between threads", p, size);
         q->sum += size;
         free(p);
@@ -223,7 +191,7 @@ static void *server_thread(void *arg)
         /* "parse" the request: fill a header, read it back */
         size_t hdr = size < 256 ? size : 256;
         memset(req, (int)(k & 0x7f) | 1, hdr);
-        stamp(req, size, token);
+        bench_stamp(req, size, token);
         for (size_t i = 16; i < hdr; i += 32)
             a->sum += req[i];
         /* a small response object, freed at once */
@@ -232,7 +200,7 @@ static void *server_thread(void *arg)
         a->sum += resp[47];
         free(resp);
         if (bench_rng_next(&r) % 4 != 0) {
-            if (!stamp_ok(req, size, token))
+            if (!bench_stamp_ok(req, size, token))
                 corrupt("server", "request changed while live", req, size);
             free(req);
             continue;
@@ -245,7 +213,7 @@ static void *server_thread(void *arg)
         server.slot[i] = (struct pooled){req, size, token};
         pthread_mutex_unlock(l);
         if (old.p != NULL) {
-            if (!stamp_ok(old.p, old.size, old.token))
+            if (!bench_stamp_ok(old.p, old.size, old.token))
                 corrupt("server", "pooled buffer changed while live", old.p, old.size);
             free(old.p);
         }
@@ -271,7 +239,7 @@ static uint64_t wl_server(void)
     }
     for (size_t i = 0; i < SERVER_POOL; i++)
         if (server.slot[i].p != NULL) {
-            if (!stamp_ok(server.slot[i].p, server.slot[i].size, server.slot[i].token))
+            if (!bench_stamp_ok(server.slot[i].p, server.slot[i].size, server.slot[i].token))
                 corrupt("server", "pooled buffer changed while live", server.slot[i].p,
                         server.slot[i].size);
             free(server.slot[i].p);
@@ -302,12 +270,12 @@ static uint64_t wl_mixed(void)
             uint64_t size = bench_rng_next(&r) % 16 == 0 ? bench_rng_logsize(&r, 4096, max)
                                                          : bench_rng_logsize(&r, 8, 4096);
             p[i] = xmalloc(size);
-            stamp(p[i], size, k);
+            bench_stamp(p[i], size, k);
             sz[i] = size;
             tok[i] = k;
             continue;
         }
-        if (!stamp_ok(p[i], sz[i], tok[i]))
+        if (!bench_stamp_ok(p[i], sz[i], tok[i]))
             corrupt("mixed", "block changed while live", p[i], sz[i]);
         uint64_t grow = sz[i] + sz[i] / 2 + bench_rng_range(&r, 1, 64);
         if (bench_rng_next(&r) % 8 < 5 && grow <= max) {
@@ -324,7 +292,7 @@ static uint64_t wl_mixed(void)
             p[i] = q;
             sz[i] = grow;
             tok[i] = k;
-            stamp(q, grow, k);
+            bench_stamp(q, grow, k);
         } else {
             sum += sz[i];
             free(p[i]);
@@ -333,7 +301,7 @@ static uint64_t wl_mixed(void)
     }
     for (size_t i = 0; i < slots; i++)
         if (p[i] != NULL) {
-            if (!stamp_ok(p[i], sz[i], tok[i]))
+            if (!bench_stamp_ok(p[i], sz[i], tok[i]))
                 corrupt("mixed", "block changed while live", p[i], sz[i]);
             free(p[i]);
         }
@@ -356,7 +324,7 @@ static uint64_t wl_large(void)
     for (uint64_t k = 0; k < ops; k++) {
         size_t i = bench_rng_next(&r) % LIVE;
         if (p[i] != NULL) {
-            if (!stamp_ok(p[i], sz[i], tok[i]) || p[i][sz[i] / 2] != (unsigned char)(tok[i] ^ 0x33) ||
+            if (!bench_stamp_ok(p[i], sz[i], tok[i]) || p[i][sz[i] / 2] != (unsigned char)(tok[i] ^ 0x33) ||
                 p[i][4096] != 0x6b)
                 corrupt("large", "block changed while live", p[i], sz[i]);
             free(p[i]);
@@ -366,7 +334,7 @@ static uint64_t wl_large(void)
         /* touch every page, as a program filling a buffer would */
         for (uint64_t off = 0; off < size; off += 4096)
             b[off] = 0x6b;
-        stamp(b, size, k);
+        bench_stamp(b, size, k);
         b[size / 2] = (unsigned char)(k ^ 0x33);
         p[i] = b;
         sz[i] = size;
@@ -393,7 +361,7 @@ static uint64_t wl_pool(void)
     for (uint64_t k = 0; k < steps; k++) {
         uint64_t size = bench_rng_range(&r, 5000000, 10000000);
         unsigned char *b = xmalloc(size);
-        unsigned char t = tail_tag(k);
+        unsigned char t = bench_tail_tag(k);
         memset(b, t, size);
         size_t i = bench_rng_next(&r) % SLOTS;
         if (p[i] != NULL) {
