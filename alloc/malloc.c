@@ -193,10 +193,11 @@ void *spanalloc_realloc(void *ptr, size_t size)
     size_t usable = span_usable(s);
     /* A large block shrinks in place to whole pages: the pages past the new
      * size go back to the heap (not under memcheck, whose record of the
-     * block's size would go stale; nor a sampled block, whose profile record
-     * keeps its size).  To a small size it moves instead (a
+     * block's size would go stale; nor a sampled small block, which sits in a
+     * span bigger than its class).  To a small size it moves instead (a
      * copy of at most 32 KiB), unless that would free less than a page. */
-    bool large_shrink = s->state == SA_SPAN_LARGE && s->prof == NULL && size <= usable &&
+    bool large_shrink = s->state == SA_SPAN_LARGE &&
+                        (s->prof == NULL || !sa_profile_is_small(s)) && size <= usable &&
                         !sa_on_valgrind;
     if (large_shrink && size > SA_MAX_SMALL) {
         size_t npages = (size + SA_PAGE_SIZE - 1) >> SA_PAGE_SHIFT;

@@ -197,8 +197,11 @@ static void op_realloc(struct slot *s, size_t size)
         check_contents(s, "realloc");
     struct sa_span *old = s->ptr != NULL ? sa_pagemap_lookup((uintptr_t)s->ptr) : NULL;
     size_t old_usable = s->ptr != NULL ? spanalloc_usable_size(s->ptr) : 0;
-    bool shrinks_large = old != NULL && old->state == SA_SPAN_LARGE && size > SA_MAX_SMALL &&
-                         size <= old_usable;
+    /* A sampled small or medium block sits in a span of its own but keeps its
+     * class's rules (it is not shrunk in place). */
+    bool shrinks_large = old != NULL && old->state == SA_SPAN_LARGE &&
+                         (old->prof == NULL || !sa_profile_is_small(old)) &&
+                         size > SA_MAX_SMALL && size <= old_usable;
     unsigned char *p = spanalloc_realloc(s->ptr, size);
     if (shrinks_large) {
         CHECK(p == s->ptr, "large realloc shrink %zu -> %zu moved", old_usable, size);
@@ -284,8 +287,16 @@ static void op_realloc_near(struct slot *s, size_t delta)
         size = 1;
     check_contents(s, "realloc near");
     unsigned char *old = s->ptr;
+    /* A large block (not a sampled small one) taken to 32 KiB or less moves
+     * into a class when that frees at least a page (docs/design.md). */
+    struct sa_span *span = sa_pagemap_lookup((uintptr_t)old);
+    bool may_move = span->state == SA_SPAN_LARGE &&
+                    (span->prof == NULL || !sa_profile_is_small(span)) &&
+                    size <= SA_MAX_SMALL && usable - size >= SA_PAGE_SIZE;
     unsigned char *p = spanalloc_realloc(old, size);
-    CHECK(p == old, "realloc %zu -> %zu (usable %zu) moved the block", s->size, size, usable);
+    CHECK(p != NULL, "realloc near %zu failed", size);
+    CHECK(p == old || may_move, "realloc %zu -> %zu (usable %zu) moved the block", s->size, size,
+          usable);
     check_prefix(p, s->size < size ? s->size : size, s->fill, "in-place realloc keeps the contents");
     adopt(s, p, size, 0);
 }
