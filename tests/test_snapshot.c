@@ -250,6 +250,19 @@ static int child_chdir(void)
     return 0;
 }
 
+/* unwritable <cmd fd> <report fd>: the heap grows (the writer starts), report
+ * A; wait for the parent's go, allocate again, exit.  Used with a path whose
+ * directory the parent creates only after A. */
+static int child_unwritable(int cmd, int report)
+{
+    void *p = spanalloc_malloc(8 * MiB); /* the heap grows: the writer starts */
+    memset(p, 1, 8 * MiB);
+    child_report(report, 'A');
+    child_wait_go(cmd);
+    spanalloc_free(p);
+    return 0;
+}
+
 /* quiet: allocate and exit; used with a path that cannot be written. */
 static int child_quiet(void)
 {
@@ -850,13 +863,45 @@ static void a_relative_path_stays_where_the_program_started(void **state)
     unlink(c.out);
 }
 
+/* While the file's directory is missing, every write fails and nothing is
+ * printed; the writer keeps trying (the file appears once the directory
+ * exists, without a restart), and still prints nothing. */
 static void an_unwritable_path_is_silent(void **state)
 {
     (void)state;
-    const char *env[] = {"SPANALLOC_STATS_FILE=/nonexistent-spanalloc-dir/x-%p.prom",
-                         "SPANALLOC_STATS_INTERVAL=10ms", NULL};
+    char dir[PATH_MAX], env_file[PATH_MAX + 32], path[PATH_MAX + 32];
+    snprintf(dir, sizeof(dir), "%s/later", tmpdir);
+    snprintf(env_file, sizeof(env_file), "SPANALLOC_STATS_FILE=%s/x-%%p.prom", dir);
+    const char *env[] = {env_file, "SPANALLOC_STATS_INTERVAL=10ms", NULL};
     struct child c;
-    start_child(&c, "quiet", env, NULL);
+    start_child(&c, "unwritable", env, NULL);
+    expect_report(&c, 'A');
+    snprintf(path, sizeof(path), "%s/x-%d.prom", dir, (int)c.pid);
+    /* About 30 intervals with the directory missing: 30 failed writes. */
+    struct pollfd pfd = {c.report, POLLIN, 0};
+    assert_int_equal(poll(&pfd, 1, 300), 0); /* the child waits for go: no report */
+    assert_int_equal(access(path, F_OK), -1);
+    assert_int_equal(mkdir(dir, 0755), 0);
+    uint64_t deadline = now_ms() + DEADLINE_MS;
+    while (access(path, F_OK) != 0) {
+        if (now_ms() > deadline) {
+            go(&c);
+            finish_child(&c);
+            fail_msg("no snapshot %s within %d ms of its directory appearing", path, DEADLINE_MS);
+        }
+        poll(&pfd, 1, 10); /* polling the file, with a deadline */
+    }
+    go(&c);
+    assert_int_equal(finish_child(&c), 0);
+    assert_file_empty(c.out);
+    unlink(c.out);
+    unlink(path);
+    rmdir(dir);
+
+    /* A path that never becomes writable: the program runs and exits quietly. */
+    const char *never[] = {"SPANALLOC_STATS_FILE=/nonexistent-spanalloc-dir/x-%p.prom",
+                           "SPANALLOC_STATS_INTERVAL=10ms", NULL};
+    start_child(&c, "quiet", never, NULL);
     assert_int_equal(finish_child(&c), 0);
     assert_file_empty(c.out);
     unlink(c.out);
@@ -889,6 +934,8 @@ int main(int argc, char **argv)
         return child_exit_snapshot();
     if (argc >= 2 && strcmp(argv[1], "chdir") == 0)
         return child_chdir();
+    if (argc == 4 && strcmp(argv[1], "unwritable") == 0)
+        return child_unwritable(atoi(argv[2]), atoi(argv[3]));
     if (argc >= 2 && strcmp(argv[1], "quiet") == 0)
         return child_quiet();
 
