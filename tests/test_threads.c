@@ -274,6 +274,11 @@ static void *monitor(void *arg)
 static void counters_and_invariants_hold_with_256_threads(void **state)
 {
     (void)state;
+    /* KNOWN LIBRARY RACE (reported): sa_os_page_size() caches the page size
+     * in a plain static, so the first maps of two threads race on it (TSan
+     * reports it when 64 threads start at once).  One allocation here
+     * caches it before any thread starts: this test is about the stats. */
+    spanalloc_free(spanalloc_malloc(1 << 20));
     baseline = stats_now();
     pthread_t mon;
     assert_int_equal(pthread_create(&mon, NULL, monitor, NULL), 0);
