@@ -259,7 +259,8 @@ for p in $PASSES; do
     pkgs+=("${extra[@]}")
 done
 
-installed() { [[ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" == "install ok installed" ]]; }
+# One status line per installed architecture (libcmocka-dev may be there twice).
+installed() { dpkg-query -W -f='${Status}\n' "$1" 2>/dev/null | grep -qx 'install ok installed'; }
 
 install_packages() {
     local missing=() p
