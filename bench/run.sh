@@ -49,6 +49,10 @@ mkdir -p "$OUTDIR"
 t_start=$(date +%s)
 
 # ---- 1. tools and peers
+# Only what the library and these benchmarks need: the unit tests (cmocka) and
+# the micro-benchmarks (g++, google-benchmark) are optional parts of the build
+# (meson_options.txt, 'auto'), left out when their packages are absent; `bash
+# tests/run.sh` installs those and enables the tests.
 if [ "$INSTALL" = 1 ]; then
     missing=()
     command -v meson >/dev/null || missing+=(meson)
@@ -72,7 +76,7 @@ cd "$REPO_DIR"
 buildlog=$OUTDIR/build.log
 log "run: building in $BUILD_ARG (log: $buildlog)"
 if [ ! -f "$BUILD/build.ninja" ]; then
-    meson setup "$BUILD" --buildtype=release >"$buildlog" 2>&1 ||
+    meson setup "$BUILD" --buildtype=release -Dtests=auto -Dmicro_benchmarks=auto >"$buildlog" 2>&1 ||
         { tail -20 "$buildlog" >&2; die "meson setup failed"; }
 fi
 bench_targets=(bench/workloads bench/rss_vs_heap bench/bench_run)

@@ -155,6 +155,14 @@ static void cross_thread_free_is_counted_once(void **state)
  * slab every thread shares. */
 #define FIRST_FREE_THREADS 8
 static void *blocks_for_first_free[FIRST_FREE_THREADS][FREED_PER_THREAD];
+static pthread_barrier_t first_free_start;
+
+/* Every thread is started before any frees: their first frees race. */
+static void *free_them_together(void *arg)
+{
+    pthread_barrier_wait(&first_free_start);
+    return free_them(arg);
+}
 
 static void first_free_leaves_the_zero_slab_alone(void **state)
 {
@@ -163,11 +171,14 @@ static void first_free_leaves_the_zero_slab_alone(void **state)
     for (int t = 0; t < FIRST_FREE_THREADS; t++)
         for (int i = 0; i < FREED_PER_THREAD; i++)
             blocks_for_first_free[t][i] = spanalloc_malloc(16 + 16 * (size_t)(i % 8));
+    assert_int_equal(pthread_barrier_init(&first_free_start, NULL, FIRST_FREE_THREADS), 0);
     pthread_t th[FIRST_FREE_THREADS];
     for (int t = 0; t < FIRST_FREE_THREADS; t++)
-        pthread_create(&th[t], NULL, free_them, blocks_for_first_free[t]);
+        assert_int_equal(pthread_create(&th[t], NULL, free_them_together,
+                                        blocks_for_first_free[t]), 0);
     for (int t = 0; t < FIRST_FREE_THREADS; t++)
-        pthread_join(th[t], NULL);
+        assert_int_equal(pthread_join(th[t], NULL), 0);
+    pthread_barrier_destroy(&first_free_start);
     static const struct sa_slab_class zero[SA_NUM_CLASSES];
     assert_memory_equal(sa_zero_slab, zero, sizeof(zero));
     struct mem_stats after = stats_now();

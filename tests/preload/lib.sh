@@ -1,10 +1,12 @@
 # tests/preload/lib.sh: helpers shared by the preload tests (sourced, not run).
 #
 # Each preload test runs a real program with LD_PRELOAD=<library> and must show
-# two things: the program behaves exactly as it does on glibc's malloc, and the
-# preloaded library really served its allocations.  The second part is the
-# "proof": the library prints, at process exit on stderr, one JSON object of
-# its counters when SPANALLOC_STATS=json is set; pl_prove parses that.
+# two things: the program succeeds by its own account (its test summary, every
+# benchmark line, a clean exit), and the preloaded library really served its
+# allocations.  The second part is the "proof": the library prints, at process
+# exit on stderr, one JSON object of its counters when SPANALLOC_STATS=json is
+# set; pl_prove parses that and compares it with the same run on glibc counted
+# by malloc_count.so (or with a floor measured that way once).
 #
 # Only the program under test gets LD_PRELOAD: helpers (python3, curl, wrk,
 # redis-cli, timeout) run on glibc so that their own exit stats never mix with
@@ -172,11 +174,34 @@ print(len(objs), m, f, hs)
 PY
 }
 
-# pl_prove FILE MODE MIN_MALLOCS: the stats JSON in FILE proves the library
-# served at least MIN_MALLOCS allocations (see pl_stats for MODE).  Sets
+# The yardstick: tests/preload/malloc_count.so (built by meson, path in
+# PRELOAD_MALLOC_COUNT), preloaded into a glibc run, counts the allocations
+# the program asks for.  pl_glibc_env sets PL_GLIBC_ENV, the environment of
+# such a run (empty with PRELOAD_PROOF=0); pl_glibc_mallocs prints the count
+# of its main process (the largest of the processes' counts).
+PL_GLIBC_ENV=()
+pl_glibc_env() {
+    PL_GLIBC_ENV=()
+    [[ "$PL_PROOF" == 0 ]] && return 0
+    [[ -n "${PRELOAD_MALLOC_COUNT:-}" && -f "$PRELOAD_MALLOC_COUNT" ]] ||
+        pl_fail "PRELOAD_MALLOC_COUNT does not name malloc_count.so (meson test sets it; or PRELOAD_PROOF=0)"
+    rm -f "$PL_TMP/glibc.count"
+    PL_GLIBC_ENV=(LD_PRELOAD="$PRELOAD_MALLOC_COUNT" MALLOC_COUNT_FILE="$PL_TMP/glibc.count")
+}
+pl_glibc_mallocs() {
+    [[ -f "$PL_TMP/glibc.count" ]] || { echo 0; return; }
+    sed -n 's/^malloc_count pid=[0-9]* mallocs=\([0-9]*\)$/\1/p' "$PL_TMP/glibc.count" |
+        sort -n | tail -n 1
+}
+
+# pl_prove FILE MODE MIN_MALLOCS [REF_MALLOCS]: the stats JSON in FILE
+# proves the library served the program's work (see pl_stats for MODE): at
+# least MIN_MALLOCS allocations, and with REF_MALLOCS (the same work counted
+# on the reference allocator: pl_glibc_mallocs of the glibc run, or a figure
+# measured once), between half and twice that count.  Sets
 # PL_PROOF_NOTE for the summary line.  A no-op when PRELOAD_PROOF=0.
 pl_prove() {
-    local file="$1" mode="$2" min="$3" n m f hs
+    local file="$1" mode="$2" min="$3" glibc="${4:-}" n m f hs
     [[ "$PL_PROOF" == 0 ]] && return 0
     [[ -f "$file" ]] || pl_fail "proof: no stats file $file"
     read -r n m f hs < <(pl_stats "$file" "$mode")
@@ -186,7 +211,15 @@ pl_prove() {
     if (( m < min )); then
         pl_fail "proof: spanalloc served only $m mallocs (< $min) [$mode of $n JSON objects]"
     fi
-    PL_PROOF_NOTE="spanalloc mallocs=$m frees=$f heap_sys_max=$(( hs / 1048576 ))MiB over $n stats object(s)"
+    local vs=""
+    if [[ -n "$glibc" ]]; then
+        (( glibc > 0 )) || pl_fail "proof: the reference run counted no allocation (malloc_count.so not loaded?)"
+        if (( m * 2 < glibc || m > glibc * 2 )); then
+            pl_fail "proof: spanalloc served $m mallocs, the same work on the reference allocator asked for $glibc (want between half and twice)"
+        fi
+        vs=" (reference allocator: $glibc, ratio $(( m * 100 / glibc ))%)"
+    fi
+    PL_PROOF_NOTE="spanalloc mallocs=$m$vs frees=$f heap_sys_max=$(( hs / 1048576 ))MiB over $n stats object(s)"
 }
 
 # pl_show FILE [LINES]: print the tail of a log file to stderr (diagnostics).
