@@ -1,5 +1,6 @@
 /*
- * init.c: bootstrap, options and fork.
+ * init.c: bootstrap and options (the order of start-up, fork and exit is
+ * lifecycle/lifecycle.c's).
  *
  * Nothing here may recurse into malloc before the allocator can serve it:
  * no stdio, no dlsym, no pthread_once.  The first malloc may come from any
@@ -8,7 +9,6 @@
  * checks.  SPANALLOC_* variables are read once, here, at load time: some
  * servers (nginx) clear the environment of their workers later.
  */
-#include <fcntl.h>
 #include <sched.h>
 #include <sys/auxv.h>
 #include <stdio.h>
@@ -155,7 +155,7 @@ static void read_profile_options(void)
         sa_profile_options.leaks = strcmp(v, "0") != 0 && *v != '\0';
 }
 
-static void read_options(void)
+void sa_read_options(void)
 {
     const char *v;
     sa_secure_exec = getauxval(AT_SECURE) != 0;
@@ -219,53 +219,6 @@ static void read_options(void)
     }
 }
 
-/* ---- fork: every lock, in the documented order */
-
-static void fork_prepare(void)
-{
-    sa_stack_fork_prepare(); /* no thread inside libunwind (before any lock) */
-    sa_mcache_fork_prepare();
-    sa_mcentral_fork_prepare();
-    sa_profile_fork_prepare(); /* a sampled free holds it across the heap's */
-    sa_mheap_lock();
-    sa_scavenger_fork_prepare();
-}
-
-static void fork_parent(void)
-{
-    sa_scavenger_fork_parent();
-    sa_mheap_unlock();
-    sa_profile_fork_parent();
-    sa_mcentral_fork_parent();
-    sa_mcache_fork_parent();
-    sa_stack_fork_parent();
-}
-
-static void fork_child(void)
-{
-    sa_profile_fork_child();
-    sa_snapshot_fork_child();
-    sa_scavenger_fork_child();
-    sa_mheap_fork_child();
-    sa_mcentral_fork_child();
-    sa_mcache_fork_child(); /* needs the tiers below it working again */
-    sa_stack_fork_child();
-}
-
-/* Programs may close stderr in their own exit handlers (coreutils do), so
- * the report goes to a copy of fd 2 taken at load time, only when asked. */
-static int stats_fd = -1;
-
-static void print_stats_at_exit(void)
-{
-    FILE *f = stats_fd >= 0 ? fdopen(stats_fd, "w") : NULL;
-    if (f == NULL)
-        return;
-    spanalloc_stats_print(f, (enum spanalloc_stats_format)sa_options.stats_at_exit);
-    fclose(f);
-    stats_fd = -1;
-}
-
 /* sa_init_state: 0 none, 2 done, or -pid while the process `pid` runs it.
  * A fork while another thread initialises leaves the child with that state
  * and without that thread: the child sees a pid not its own and starts over
@@ -294,7 +247,13 @@ void sa_init_slow(void)
         return;
     if (sa_init_pause_hook != NULL)
         sa_init_pause_hook();
-    read_options();
+    sa_lifecycle_start();
+}
+
+/* The tiers' part of start-up (sa_lifecycle_start calls it after the
+ * options): once it returns, the allocator serves any thread. */
+void sa_alloc_bootstrap(void)
+{
     sa_on_valgrind = SA_ON_VALGRIND();
     uintptr_t keys[2];
     sa_os_random(keys, sizeof(keys));
@@ -302,16 +261,4 @@ void sa_init_slow(void)
     sa_mark_key = keys[1] | 1; /* never 0, so zeroed memory never looks free */
     sa_mcache_thread_init();
     atomic_store_explicit(&sa_init_state, 2, memory_order_release);
-    /* These may allocate; the allocator is ready now. */
-    pthread_atfork(fork_prepare, fork_parent, fork_child);
-    sa_profile_init_late();
-    if (sa_options.stats_at_exit >= 0) {
-        stats_fd = fcntl(STDERR_FILENO, F_DUPFD_CLOEXEC, 3);
-        atexit(print_stats_at_exit);
-    }
-}
-
-__attribute__((constructor)) static void sa_load(void)
-{
-    sa_ensure_init();
 }
