@@ -469,7 +469,7 @@ SA_HIDDEN extern _Atomic int sa_os_fail_maps;
 SA_HIDDEN extern _Atomic int sa_os_fail_maps_after;
 SA_HIDDEN extern uint64_t (*sa_clock_hook)(void);
 
-/* ---- Bootstrap, options, errors (alloc/init.c, alloc/report.c) */
+/* ---- Bootstrap, options, errors (alloc/init.c, alloc/options.c, alloc/report.c) */
 struct sa_options {
     uint64_t scavenge_idle_ns;  /* SPANALLOC_SCAVENGE_IDLE, default 5 min */
     uint64_t memory_limit;      /* SPANALLOC_MEMORY_LIMIT, 0 = none */
