@@ -405,7 +405,7 @@ struct sa_heap_counters {
 };
 
 /* Allocate a span; *grew says the heap mapped new memory, and the caller
- * must then call sa_scavenger_on_grow() once it holds no lock. */
+ * must then call sa_hooks_heap_grew() once it holds no lock. */
 struct sa_span *sa_mheap_alloc(size_t npages, size_t align_pages, unsigned cls, bool *grew);
 void sa_mheap_free(struct sa_span *s);
 struct sa_span *sa_mheap_alloc_large(size_t npages, size_t align_pages);
@@ -469,7 +469,7 @@ SA_HIDDEN extern _Atomic int sa_os_fail_maps;
 SA_HIDDEN extern _Atomic int sa_os_fail_maps_after;
 SA_HIDDEN extern uint64_t (*sa_clock_hook)(void);
 
-/* ---- Bootstrap, options, errors (alloc/init.c, alloc/report.c) */
+/* ---- Bootstrap, options, errors (alloc/init.c, alloc/options.c, alloc/report.c) */
 struct sa_options {
     uint64_t scavenge_idle_ns;  /* SPANALLOC_SCAVENGE_IDLE, default 5 min */
     uint64_t memory_limit;      /* SPANALLOC_MEMORY_LIMIT, 0 = none */
@@ -510,19 +510,43 @@ struct sa_span *sa_checked_span(const void *ptr, const char *op);
 /* free() of a small block that failed a check: says which, then aborts. */
 SA_COLD __attribute__((noreturn)) void sa_bad_small_free(void *ptr, struct sa_span *s);
 
-/* ---- Hooks into the scavenger (scavenger/scavenger.c) */
-void sa_scavenger_on_grow(void);   /* heap grew: start thread, check limit */
-void sa_scavenger_poke(void);      /* no lock held: restart after fork */
-/* A free left resident idle memory over the idle limit (no lock held): wake
- * the scavenger thread, or release a bounded amount if none runs. */
-void sa_scavenger_idle_excess(uint64_t excess);
-void sa_scavenger_fork_prepare(void);
-void sa_scavenger_fork_parent(void);
-void sa_scavenger_fork_child(void);
+/* ---- Upward hooks (alloc/hooks.c)
+ *
+ * The tiers never name the parts above them.  Where a tier must wake one
+ * (the heap grew: start the background threads, check the memory limit; a
+ * free crossed the idle limit), it calls through this table, which the
+ * lifecycle module (lifecycle/lifecycle.c) fills at start-up before anything
+ * is allocated.  Written once, before the first allocation, by the thread
+ * that initialises; read with no lock afterwards. */
+struct sa_hooks {
+    void (*heap_grew)(void);            /* no lock held; may allocate */
+    void (*idle_excess)(uint64_t excess); /* no lock held */
+};
+extern struct sa_hooks sa_hooks;
+/* The heap grew (no lock held): run the hook. */
+void sa_hooks_heap_grew(void);
+/* Every refill's tail (no lock held): in a forked child, the first one
+ * restarts the background threads (sa_hooks_rearm, from fork's child
+ * handler, asks for that). */
+void sa_hooks_poke(void);
+void sa_hooks_rearm(void);
+static inline void sa_hooks_after_refill(bool grew)
+{
+    if (grew)
+        sa_hooks_heap_grew();
+    sa_hooks_poke();
+}
+/* A free left resident idle memory over the idle limit (no lock held): the
+ * hook wakes the scavenger; with none registered, release a bounded amount
+ * here (sa_mheap_release_inline). */
+void sa_hooks_idle_excess(uint64_t excess);
 
-/* ---- Hooks into the snapshot writer (stats/snapshot.c) */
-void sa_snapshot_on_grow(void);    /* no lock held: start the writer thread */
-void sa_snapshot_fork_child(void); /* the writer did not survive fork */
+/* The start-up order (lifecycle/lifecycle.c): sa_init_slow's one call up,
+ * made by the thread that won the claim, before anything is allocated. */
+void sa_lifecycle_start(void);
+/* The tiers' own bootstrap, called by sa_lifecycle_start in its order. */
+void sa_read_options(void);
+void sa_alloc_bootstrap(void);
 
 /* ---- Internal entry points shared by the C API and the libc names */
 void *sa_malloc(size_t size);

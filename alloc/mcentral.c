@@ -125,9 +125,7 @@ uint32_t sa_mcentral_fill(unsigned cls, uint32_t want, void **head)
     }
     pthread_mutex_unlock(&c->lock);
     /* Hooks run with no lock held: they may start a thread, which allocates. */
-    if (grew)
-        sa_scavenger_on_grow();
-    sa_scavenger_poke();
+    sa_hooks_after_refill(grew);
     *head = list;
     return got;
 }

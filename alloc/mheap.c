@@ -656,9 +656,7 @@ struct sa_span *sa_mheap_alloc_large(size_t npages, size_t align_pages)
         }
     }
     pthread_mutex_unlock(&heap_lock);
-    if (grew)
-        sa_scavenger_on_grow();
-    sa_scavenger_poke();
+    sa_hooks_after_refill(grew);
     return s;
 }
 
@@ -814,7 +812,7 @@ uint64_t sa_mheap_release_inline(uint64_t excess)
 static inline void after_free(uint64_t excess)
 {
     if (SA_UNLIKELY(excess != 0))
-        sa_scavenger_idle_excess(excess);
+        sa_hooks_idle_excess(excess);
 }
 
 void sa_mheap_free(struct sa_span *s)

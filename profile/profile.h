@@ -12,7 +12,7 @@
 
 #include "sampler.h"
 
-/* Options (alloc/init.c parses them into these). */
+/* Options (alloc/options.c parses them into these). */
 struct sa_profile_options {
     uint64_t rate;          /* SPANALLOC_PROFILE_RATE: mean bytes between samples, 0 = off */
     char file[4096];        /* SPANALLOC_PROFILE_FILE, "" = none (%p: pid) */

@@ -28,7 +28,6 @@
 #include <unistd.h>
 
 #include "../alloc/internal.h"
-#include "../stats/stats_internal.h"
 #include "scavenger.h"
 
 #define NS_PER_S 1000000000ull
@@ -43,7 +42,6 @@ static _Atomic int scav_state;
 static _Atomic uint64_t memory_limit;
 static _Atomic uint64_t num_scavenges, num_forced;
 static _Atomic bool limit_loaded;
-static _Atomic bool restart_pending; /* in a forked child: restart threads */
 /* A free saw the idle limit exceeded: the thread owes an idle pass.  Set by
  * the free (once: the flag is read before anything is written), cleared by
  * the thread when nothing is over the limit any more. */
@@ -55,22 +53,40 @@ static uint64_t period_ns(void)
     return p > MAX_PERIOD_NS ? MAX_PERIOD_NS : p < MIN_PERIOD_NS ? MIN_PERIOD_NS : p;
 }
 
+/* What the soft memory limit counts: the heap's resident pages plus the
+ * metadata, as read_mem_stats's sys - heap_released, without taking the
+ * cache registry lock (callers may hold an mcentral lock's successor). */
+static uint64_t limited_bytes(void)
+{
+    struct sa_heap_counters h;
+    sa_mheap_read(&h);
+    uint64_t released = h.released_pages << SA_PAGE_SHIFT;
+    return h.sys_bytes - released + h.span_records_sys + sa_mcache_sys_bytes() +
+           h.pagemap_sys + sa_mcentral_sys_bytes();
+}
+
 static uint64_t enforce_limit(void)
 {
     uint64_t limit = atomic_load(&memory_limit);
     if (limit == 0)
         return 0;
-    uint64_t used = sa_stats_limited_bytes();
+    uint64_t used = limited_bytes();
     if (used <= limit)
         return 0;
     sa_mcache_flush_current(); /* the CPU caches' blocks first: their spans may empty */
     return sa_mheap_scavenge(UINT64_MAX, used - limit);
 }
 
+/* The heap's figures as read_mem_stats reports them (heap_*), from the
+ * heap's own counters: the scavenger does not call up into stats/. */
 static void trace_cycle(uint64_t cycle, uint64_t released)
 {
-    struct mem_stats st;
-    read_mem_stats(&st);
+    struct sa_heap_counters h;
+    sa_mheap_read(&h);
+    struct {
+        uint64_t heap_inuse, heap_idle, heap_sys, heap_released;
+    } st = {h.inuse_pages << SA_PAGE_SHIFT, h.sys_bytes - (h.inuse_pages << SA_PAGE_SHIFT),
+            h.sys_bytes, h.released_pages << SA_PAGE_SHIFT};
     char line[256];
     const uint64_t mb = 1 << 20;
     int n = snprintf(line, sizeof(line),
@@ -216,8 +232,6 @@ static void load_limit_once(void)
 
 void sa_scavenger_on_grow(void)
 {
-    atomic_store_explicit(&restart_pending, false, memory_order_relaxed);
-    sa_snapshot_on_grow();
     load_limit_once();
     int expected = SCAV_OFF;
     if (sa_options.scavenger_enabled &&
@@ -226,14 +240,6 @@ void sa_scavenger_on_grow(void)
           atomic_compare_exchange_strong(&scav_state, &expected, SCAV_RUNNING))))
         start_thread();
     enforce_limit();
-}
-
-/* Called on slow paths with no lock held: after a fork, the child's first
- * trip through the heap restarts the background threads. */
-void sa_scavenger_poke(void)
-{
-    if (SA_UNLIKELY(atomic_load_explicit(&restart_pending, memory_order_relaxed)))
-        sa_scavenger_on_grow();
 }
 
 void sa_scavenger_fork_prepare(void)
@@ -254,7 +260,6 @@ void sa_scavenger_fork_child(void)
     sa_os_forget_background_threads();
     if (atomic_load(&scav_state) == SCAV_RUNNING)
         atomic_store(&scav_state, SCAV_START_IN_CHILD);
-    atomic_store(&restart_pending, true);
 }
 
 bool sa_scavenger_running(void)

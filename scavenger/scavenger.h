@@ -1,4 +1,5 @@
-/* scavenger.h: what the rest of spanalloc (stats, tests) asks the scavenger. */
+/* scavenger.h: what the parts above the tiers (lifecycle, stats, compat,
+ * tests) ask the scavenger. */
 #ifndef SPANALLOC_SCAVENGER_H
 #define SPANALLOC_SCAVENGER_H
 
@@ -8,9 +9,16 @@
 /* Run one scavenger cycle now, on the calling thread (tests, and the
  * thread's loop).  Returns the bytes it released. */
 uint64_t sa_scavenger_cycle(void);
-/* Start the thread in a forked child if the parent had one. */
-void sa_scavenger_poke(void);
 bool sa_scavenger_running(void);
 void sa_scavenger_counters(uint64_t *cycles, uint64_t *forced);
+
+/* The lifecycle's calls (lifecycle/lifecycle.c). */
+void sa_scavenger_on_grow(void);   /* heap grew: start thread, check limit */
+/* A free left resident idle memory over the idle limit (no lock held): wake
+ * the scavenger thread, or release a bounded amount if none runs. */
+void sa_scavenger_idle_excess(uint64_t excess);
+void sa_scavenger_fork_prepare(void);
+void sa_scavenger_fork_parent(void);
+void sa_scavenger_fork_child(void);
 
 #endif

@@ -32,6 +32,7 @@
 
 #include "../alloc/internal.h"
 #include "snapshot_format.h"
+#include "stats_internal.h"
 
 #define NS_PER_MS 1000000ull
 #define NS_PER_S 1000000000ull

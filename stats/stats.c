@@ -16,20 +16,6 @@
 #include "../alloc/internal.h"
 #include "../profile/profile.h"
 #include "../scavenger/scavenger.h"
-#include "stats_internal.h"
-
-static uint64_t metadata_sys(const struct sa_heap_counters *h, uint64_t caches_sys)
-{
-    return h->span_records_sys + caches_sys + h->pagemap_sys + sa_mcentral_sys_bytes();
-}
-
-uint64_t sa_stats_limited_bytes(void)
-{
-    struct sa_heap_counters h;
-    sa_mheap_read(&h);
-    uint64_t released = h.released_pages << SA_PAGE_SHIFT;
-    return h.sys_bytes - released + metadata_sys(&h, sa_mcache_sys_bytes());
-}
 
 void read_mem_stats(struct mem_stats *out)
 {

@@ -1,11 +1,9 @@
-/* stats_internal.h: what the scavenger asks the stats module. */
+/* stats_internal.h: what the lifecycle (lifecycle/lifecycle.c) asks the
+ * stats module: the snapshot writer's start and fork handling. */
 #ifndef SPANALLOC_STATS_INTERNAL_H
 #define SPANALLOC_STATS_INTERNAL_H
 
-#include <stdint.h>
-
-/* sys - heap_released, as read_mem_stats would compute it, without taking
- * the cache registry lock (callers may hold an mcentral lock's successor). */
-uint64_t sa_stats_limited_bytes(void);
+void sa_snapshot_on_grow(void);    /* no lock held: start the writer thread */
+void sa_snapshot_fork_child(void); /* the writer did not survive fork */
 
 #endif
