@@ -4,7 +4,8 @@
  *
  * Data flows one way: malloc -> mcache -> mcentral -> mheap -> os.  The
  * scavenger and the stats read the tiers; the tiers never call them back
- * except through the small hooks declared at the end of this file.
+ * except through the hook table (alloc/hooks.c) that lifecycle/ registers at
+ * start-up; tests/check_layering.py checks it on the compiled objects.
  *
  * Lock order (also the order fork() takes them in): registry, the CPU caches'
  * set-up and drain locks, mcentral[1..N], the heap profile's lock (a sampled
