@@ -279,12 +279,16 @@ size_t sa_os_page_size_override;
 
 size_t sa_os_page_size(void)
 {
-    static size_t cached;
+    /* Threads' first maps may race to fill it: each stores the same value,
+     * relaxed atomics make that race defined. */
+    static _Atomic size_t cached;
     if (SA_UNLIKELY(sa_os_page_size_override != 0))
         return sa_os_page_size_override;
-    if (cached == 0) {
+    size_t page = atomic_load_explicit(&cached, memory_order_relaxed);
+    if (page == 0) {
         long p = sysconf(_SC_PAGESIZE);
-        cached = p > 0 ? (size_t)p : 4096;
+        page = p > 0 ? (size_t)p : 4096;
+        atomic_store_explicit(&cached, page, memory_order_relaxed);
     }
-    return cached;
+    return page;
 }
