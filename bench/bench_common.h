@@ -13,6 +13,8 @@
 #include <dlfcn.h>
 #include <stdbool.h>
 #include <fcntl.h>
+#include <inttypes.h>
+#include <stdio.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -257,6 +259,36 @@ static inline double bench_parse_number(const char *opt, const char *s)
         exit(2);
     }
     return v;
+}
+
+/* ---- Shared by the workload programs (workloads.c, threads.c): `prog`
+ * names the program in messages. */
+
+/* n scaled by --scale, at least 1. */
+static inline uint64_t bench_scaled(uint64_t n, double scale)
+{
+    uint64_t v = (uint64_t)((double)n * scale);
+    return v ? v : 1;
+}
+
+/* A block's contents changed: the allocator corrupted it.  Exit status 3. */
+static inline _Noreturn void bench_corrupt(const char *prog, const char *wl, const char *alloc_name,
+                                           const char *what, const void *p, uint64_t size)
+{
+    fprintf(stderr, "%s %s [%s]: CONTENT CHECK FAILED: %s (block %p, %" PRIu64 " bytes)\n",
+            prog, wl, alloc_name, what, p, size);
+    exit(3);
+}
+
+/* malloc that never returns NULL: a failure ends the run (exit status 1). */
+static inline void *bench_xmalloc(const char *prog, size_t n)
+{
+    void *p = malloc(n);
+    if (p == NULL) {
+        fprintf(stderr, "%s: malloc(%zu) failed\n", prog, n);
+        exit(1);
+    }
+    return p;
 }
 
 #endif /* BENCH_COMMON_H */

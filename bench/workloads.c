@@ -34,25 +34,17 @@ static struct bench_alloc alloc;
 
 static uint64_t scaled(uint64_t n)
 {
-    uint64_t v = (uint64_t)((double)n * scale);
-    return v ? v : 1;
+    return bench_scaled(n, scale);
 }
 
 static _Noreturn void corrupt(const char *wl, const char *what, const void *p, uint64_t size)
 {
-    fprintf(stderr, "workload %s [%s]: CONTENT CHECK FAILED: %s (block %p, %" PRIu64 " bytes)\n",
-            wl, alloc.name, what, p, size);
-    exit(3);
+    bench_corrupt("workload", wl, alloc.name, what, p, size);
 }
 
 static void *xmalloc(size_t n)
 {
-    void *p = malloc(n);
-    if (p == NULL) {
-        fprintf(stderr, "workload: malloc(%zu) failed\n", n);
-        exit(1);
-    }
-    return p;
+    return bench_xmalloc("workload", n);
 }
 
 /* ---- churn: single thread, small objects */
