@@ -92,12 +92,29 @@ setup_dir() {
     local envs=()
     while [[ $1 != -- ]]; do envs+=("$1"); shift; done
     shift
-    if [[ -f "$dir/meson-private/coredata.dat" ]]; then
+    # meson caches which compiler each language is: a build dir configured
+    # before packages changed the compilers (bench/run.sh on a machine with
+    # clang but no g++, where c++ was clang++) must be wiped, not reconfigured.
+    local stamp="$dir/spanalloc-toolchain" now
+    now=$(toolchain_id)
+    if [[ -f "$dir/meson-private/coredata.dat" && "$(cat "$stamp" 2>/dev/null)" == "$now" ]]; then
         env "${envs[@]}" meson setup --reconfigure "$dir" "$@" ||
-            env "${envs[@]}" meson setup --wipe "$dir" "$@"
+            env "${envs[@]}" meson setup --wipe "$dir" "$@" || return
+    elif [[ -f "$dir/meson-private/coredata.dat" ]]; then
+        env "${envs[@]}" meson setup --wipe "$dir" "$@" || return
     else
-        env "${envs[@]}" meson setup "$dir" "$@"
+        env "${envs[@]}" meson setup "$dir" "$@" || return
     fi
+    echo "$now" >"$stamp"
+}
+
+# toolchain_id: where cc and c++ lead now (alternatives switch when g++ or
+# clang come and go).
+toolchain_id() {
+    local c
+    for c in cc c++; do
+        printf '%s=%s ' "$c" "$(readlink -f "$(command -v "$c" 2>/dev/null)" 2>/dev/null)"
+    done
 }
 
 # need_build DIR [ENV=VAL...] -- [meson options...]: configure and build DIR
