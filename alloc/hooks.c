@@ -37,6 +37,4 @@ void sa_hooks_idle_excess(uint64_t excess)
 {
     if (sa_hooks.idle_excess != NULL)
         sa_hooks.idle_excess(excess);
-    else
-        sa_mheap_release_inline(excess);
 }

@@ -390,7 +390,8 @@ void sa_mcentral_fork_parent(void);
 void sa_mcentral_fork_child(void);
 uint64_t sa_mcentral_sys_bytes(void);
 
-/* ---- mheap (alloc/mheap.c): pages, one lock. */
+/* ---- mheap (alloc/mheap.c; its large-span cache, alloc/largecache.c):
+ * pages, one lock. */
 struct sa_heap_counters {
     uint64_t sys_bytes;        /* heap bytes mapped from the OS */
     uint64_t inuse_pages;      /* pages in SMALL or LARGE spans */
@@ -414,9 +415,9 @@ void sa_mheap_free_large(struct sa_span *s);
 bool sa_mheap_grow_large(struct sa_span *s, size_t npages); /* in place, or false */
 /* realloc's shrink in place: the pages past npages go back to the heap. */
 bool sa_mheap_shrink_large(struct sa_span *s, size_t npages);
-/* The large-span cache (malloc.c's large objects): free keeps a small span
- * whole, or frees it as sa_mheap_free_large; take returns one of exactly
- * npages, or NULL. */
+/* The large-span cache (alloc/largecache.c; malloc.c's large objects):
+ * free keeps a small span whole, or frees it as sa_mheap_free_large; take
+ * returns one of exactly npages, or NULL. */
 void sa_mheap_free_large_cached(struct sa_span *s);
 struct sa_span *sa_mheap_take_cached(size_t npages);
 void sa_mheap_flush_large_cache(void); /* every cached span back to the heap */
@@ -425,17 +426,15 @@ void sa_mheap_read(struct sa_heap_counters *out);
 /* Release idle pages: spans idle since before `cutoff_ns`, oldest first, until
  * `max_bytes` were released.  Returns bytes released. */
 uint64_t sa_mheap_scavenge(uint64_t cutoff_ns, uint64_t max_bytes);
-/* SPANALLOC_IDLE_LIMIT: resident idle bytes above the limit (0 if none). */
+/* SPANALLOC_IDLE_LIMIT: resident idle bytes above the limit (0 if none).
+ * What is done with them is the release policy's (scavenger/release_policy.c). */
 uint64_t sa_mheap_idle_excess(void);
-/* Release the idle limit's excess among spans idle for SPANALLOC_IDLE_DELAY. */
-uint64_t sa_mheap_enforce_idle_limit(uint64_t excess);
-/* A freeing thread's own release when no scavenger thread takes the excess:
- * at most SA_INLINE_RELEASE_BYTES. */
-#define SA_INLINE_RELEASE_BYTES ((uint64_t)256 << 10)
-uint64_t sa_mheap_release_inline(uint64_t excess);
-/* When the idle limit's next release is due (ns, sa_os_now_ns's clock), 0 if
- * nothing is over the limit. */
-uint64_t sa_mheap_idle_due_ns(void);
+/* The release policy's view, under one hold of the heap lock: the excess
+ * (if excess is not NULL) and, returning true, the oldest idle span's stamp
+ * (ns, sa_os_now_ns's clock); false if no span is idle and resident. */
+bool sa_mheap_oldest_idle(uint64_t *excess, uint64_t *idle_since_ns);
+/* Count bytes a freeing thread released itself (heap_released_inline). */
+void sa_mheap_count_released_inline(uint64_t bytes);
 /* Refresh the coarse clock of the idle stamps (the scavenger, each wake). */
 void sa_mheap_clock_tick(void);
 /* Test support: check the free spans' structure; NULL if sound, else what
@@ -538,8 +537,9 @@ static inline void sa_hooks_after_refill(bool grew)
     sa_hooks_poke();
 }
 /* A free left resident idle memory over the idle limit (no lock held): the
- * hook wakes the scavenger; with none registered, release a bounded amount
- * here (sa_mheap_release_inline). */
+ * hook (the scavenger's) wakes its thread or releases a bounded amount on
+ * the freeing thread.  With none registered (only before start-up, when
+ * nothing is allocated yet) nothing is done: the next scavenge sees it. */
 void sa_hooks_idle_excess(uint64_t excess);
 
 /* The start-up order (lifecycle/lifecycle.c): sa_init_slow's one call up,
