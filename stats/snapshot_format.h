@@ -1,7 +1,7 @@
 /*
  * snapshot_format.h: what a stats snapshot file holds, shared by the writer
  * inside the allocator (snapshot.c, prometheus.c) and the reader
- * (spanalloc_top.c), so that both agree on every name.
+ * (tools/spanalloc_top.c), so that both agree on every name.
  *
  * A snapshot is struct mem_stats plus a few process figures.  One table
  * below names each scalar three ways: its JSON key (the same keys as

@@ -12,6 +12,8 @@ references, when
   - scavenger/ refers to stats/ (stats/ sits above the scavenger and reads
     its counters; not the other way);
   - scavenger/, stats/ or profile/ refer to lifecycle/.
+lifecycle/ and compat/ (the jemalloc entry points) sit at the top and may
+refer to anything; tools/ (spanalloc-top) is a program outside the library.
 """
 import subprocess
 import sys

@@ -17,8 +17,8 @@
  * (pprof_sites.c).
  *
  * This is an ordinary program: it runs on whatever malloc it was started with
- * and uses stdio freely.  The names it reads come from snapshot_format.h, the
- * table the writer uses.
+ * and uses stdio freely.  The names it reads come from
+ * stats/snapshot_format.h, the table the writer uses.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -37,7 +37,7 @@
 #include <unistd.h>
 
 #include "pprof_sites.h"
-#include "snapshot_format.h"
+#include "../stats/snapshot_format.h"
 
 #define HISTORY 256
 #define NCLASS SPANALLOC_NUM_SIZE_CLASSES
