@@ -458,11 +458,6 @@ size_t sa_os_page_size(void);
 bool sa_os_release_zeroes(void); /* released whole OS pages read back zero */
 /* Test hook (internal): pretend the OS page is this big (0: sysconf). */
 SA_HIDDEN extern size_t sa_os_page_size_override;
-/* Background threads: register at start; exit when no other thread runs. */
-void sa_os_register_background_thread(void);
-void sa_os_unregister_background_thread(void);
-void sa_os_forget_background_threads(void);
-bool sa_os_user_threads_alive(void);
 /* Test hooks (internal): fail the next `n` maps; replace the clock. */
 SA_HIDDEN extern _Atomic int sa_os_fail_maps;
 /* ... after letting this many maps through first. */

@@ -25,12 +25,12 @@
  */
 #include <errno.h>
 #include <fcntl.h>
-#include <signal.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "../alloc/internal.h"
+#include "../bgthread/bgthread.h"
 #include "snapshot_format.h"
 #include "stats_internal.h"
 
@@ -39,9 +39,7 @@
 #define MIN_INTERVAL_NS (10 * NS_PER_MS)
 #define EXIT_WAIT_NS (1 * NS_PER_S) /* longest the exiting thread waits */
 
-enum { SNAP_OFF = 0, SNAP_RUNNING, SNAP_START_IN_CHILD };
-
-static _Atomic int snap_state;
+static struct sa_bgthread snap_thread;
 static pthread_mutex_t snap_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t snap_wake = PTHREAD_COND_INITIALIZER; /* CLOCK_MONOTONIC once started */
 static pthread_cond_t snap_done = PTHREAD_COND_INITIALIZER;
@@ -241,7 +239,7 @@ static void write_snapshot(void)
 static void *writer_main(void *arg)
 {
     (void)arg;
-    sa_os_register_background_thread();
+    sa_bgthread_enter();
     uint64_t next = mono_ns(); /* the first snapshot at once */
     for (;;) {
         pthread_mutex_lock(&snap_lock);
@@ -253,7 +251,7 @@ static void *writer_main(void *arg)
             struct timespec deadline = to_timespec(next < second ? next : second);
             pthread_cond_timedwait(&snap_wake, &snap_lock, &deadline);
             pthread_mutex_unlock(&snap_lock);
-            orphaned = !sa_os_user_threads_alive();
+            orphaned = sa_bgthread_orphaned();
             pthread_mutex_lock(&snap_lock);
             if (orphaned)
                 break;
@@ -261,8 +259,7 @@ static void *writer_main(void *arg)
         bool final = final_request;
         pthread_mutex_unlock(&snap_lock);
         if (orphaned && !final) {
-            atomic_store(&snap_state, SNAP_OFF);
-            sa_os_unregister_background_thread();
+            sa_bgthread_leave(&snap_thread);
             return NULL;
         }
 
@@ -325,16 +322,7 @@ static bool start_thread(void)
     if (!prepare_path())
         return false;
     init_conditions();
-    /* The thread must take none of the program's signals. */
-    sigset_t all, old;
-    sigfillset(&all);
-    pthread_sigmask(SIG_SETMASK, &all, &old);
-    pthread_t tid;
-    bool ok = pthread_create(&tid, NULL, writer_main, NULL) == 0;
-    if (ok)
-        pthread_detach(tid);
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
-    return ok;
+    return sa_bgthread_spawn(&snap_thread, writer_main);
 }
 
 /* The heap grew (no lock held): start the writer the first time, or again
@@ -343,13 +331,8 @@ void sa_snapshot_on_grow(void)
 {
     if (SA_LIKELY(sa_options.stats_file[0] == '\0') || sa_secure_exec)
         return; /* never a file written on a setuid program's behalf */
-    int expected = SNAP_OFF;
-    if (atomic_compare_exchange_strong(&snap_state, &expected, SNAP_RUNNING) ||
-        (expected == SNAP_START_IN_CHILD &&
-         atomic_compare_exchange_strong(&snap_state, &expected, SNAP_RUNNING))) {
-        if (!start_thread())
-            atomic_store(&snap_state, SNAP_OFF); /* try again at the next growth */
-    }
+    if (sa_bgthread_claim(&snap_thread) && !start_thread())
+        sa_bgthread_unclaim(&snap_thread); /* try again at the next growth */
 }
 
 /* In the child after fork: the writer did not survive; the child's next trip
@@ -359,8 +342,7 @@ void sa_snapshot_fork_child(void)
     pthread_mutex_init(&snap_lock, NULL);
     init_conditions();
     final_request = final_done = false;
-    if (atomic_load(&snap_state) == SNAP_RUNNING)
-        atomic_store(&snap_state, SNAP_START_IN_CHILD);
+    sa_bgthread_fork_child(&snap_thread);
 }
 
 /* At normal exit (exit() or return from main; _exit skips it), ask the
@@ -371,7 +353,7 @@ void sa_snapshot_fork_child(void)
  * EXIT_WAIT_NS; if the writer cannot finish (that lock again), exit goes on. */
 __attribute__((destructor)) static void snapshot_at_exit(void)
 {
-    if (atomic_load(&snap_state) != SNAP_RUNNING)
+    if (!sa_bgthread_running(&snap_thread))
         return;
     /* pthread_mutex_timedlock counts on CLOCK_REALTIME; a clock step during
      * the wait only shortens or lengthens it. */
