@@ -502,8 +502,8 @@ SA_COLD __attribute__((noreturn)) void sa_report(const char *what, const void *p
 /* Validate a pointer handed to free/realloc/usable_size; returns its span
  * or reports and aborts. */
 struct sa_span *sa_checked_span(const void *ptr, const char *op);
-/* free() of a small block that failed a check: says which, then aborts. */
-SA_COLD __attribute__((noreturn)) void sa_bad_small_free(void *ptr, struct sa_span *s);
+/* free() of a pointer that failed a check: says which, then aborts. */
+SA_COLD __attribute__((noreturn)) void sa_report_bad_free(void *ptr, struct sa_span *s);
 
 /* ---- Upward hooks (alloc/hooks.c)
  *

@@ -503,7 +503,7 @@ void sa_mcache_free_slow(void *block, const struct sa_span *s)
     unsigned cls = sa_span_cls(s);
     size_t off = (size_t)cls << SA_LIST_SHIFT;
     if (sa_block_is_free_checked(block))
-        sa_bad_small_free(block, sa_pagemap_lookup((uintptr_t)block));
+        sa_report_bad_free(block, sa_pagemap_lookup((uintptr_t)block));
     if (thread_ready()) {
         if (tls_state == TLS_PERCPU)
             sa_percpu_prepare_current();
