@@ -142,8 +142,48 @@ struct sa_span_list {
     struct sa_span *first;
 };
 
+/* The intrusive doubly linked lists (span lists, the heap's spans out for
+ * release, the fallback caches' registry): push `node` at `head`, or unlink
+ * it, through its link fields `next` and `prev` (the node's links are left
+ * as they were on removal). */
+#define SA_DLIST_PUSH(head, node, next, prev)                                   \
+    do {                                                                        \
+        (node)->prev = NULL;                                                    \
+        (node)->next = (head);                                                  \
+        if ((head) != NULL)                                                     \
+            (head)->prev = (node);                                              \
+        (head) = (node);                                                        \
+    } while (0)
+#define SA_DLIST_REMOVE(head, node, next, prev)                                 \
+    do {                                                                        \
+        if ((node)->prev != NULL)                                               \
+            (node)->prev->next = (node)->next;                                  \
+        else                                                                    \
+            (head) = (node)->next;                                              \
+        if ((node)->next != NULL)                                               \
+            (node)->next->prev = (node)->prev;                                  \
+    } while (0)
+
 void sa_span_list_push(struct sa_span_list *list, struct sa_span *s);
 void sa_span_list_remove(struct sa_span_list *list, struct sa_span *s);
+
+/* ---- Metadata chunks (alloc/chunk.c): records bump-allocated from chunks
+ * mapped for metadata only, never unmapped.  The owner's lock guards its
+ * struct sa_chunk. */
+struct sa_chunk {
+    char *cursor, *end; /* the current chunk's free part (NULL: none yet) */
+    uint64_t mapped;    /* bytes of every chunk mapped so far */
+};
+/* Room for `size` more bytes, mapping a new chunk of chunk_bytes if the
+ * current one lacks it; false if that mapping failed. */
+bool sa_chunk_reserve(struct sa_chunk *c, size_t size, size_t chunk_bytes);
+/* The next `size` bytes, after a successful sa_chunk_reserve of them. */
+static inline void *sa_chunk_take(struct sa_chunk *c, size_t size)
+{
+    void *p = c->cursor;
+    c->cursor += size;
+    return p;
+}
 
 /* Span records come from a fixed-size allocator under the heap lock. */
 struct sa_span *sa_span_record_new(void);

@@ -64,21 +64,12 @@ static struct sa_span *scavenging;
 
 static void scavenging_add(struct sa_span *s)
 {
-    s->age_prev = NULL;
-    s->age_next = scavenging;
-    if (scavenging != NULL)
-        scavenging->age_prev = s;
-    scavenging = s;
+    SA_DLIST_PUSH(scavenging, s, age_next, age_prev);
 }
 
 static void scavenging_remove(struct sa_span *s)
 {
-    if (s->age_prev != NULL)
-        s->age_prev->age_next = s->age_next;
-    else
-        scavenging = s->age_next;
-    if (s->age_next != NULL)
-        s->age_next->age_prev = s->age_prev;
+    SA_DLIST_REMOVE(scavenging, s, age_next, age_prev);
     s->age_next = s->age_prev = NULL;
 }
 
