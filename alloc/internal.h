@@ -493,7 +493,12 @@ void sa_os_unmap(void *addr, size_t bytes);
 bool sa_os_can_back(size_t bytes);
 bool sa_os_release(void *addr, size_t bytes);
 void sa_os_random(void *buf, size_t len);
+/* The heap's clock (idle stamps, the idle delay): the monotonic clock in
+ * ns, or the test hook's (sa_clock_hook) when one is set. */
 uint64_t sa_os_now_ns(void);
+/* CLOCK_MONOTONIC in ns, never replaced: what the background threads sleep
+ * by (their condition variables wait on CLOCK_MONOTONIC). */
+uint64_t sa_os_monotonic_ns(void);
 size_t sa_os_page_size(void);
 bool sa_os_release_zeroes(void); /* released whole OS pages read back zero */
 /* Test hook (internal): pretend the OS page is this big (0: sysconf). */

@@ -86,9 +86,7 @@ static int overcommit_mode(void)
 {
     static _Atomic int mode = -1;
     static _Atomic uint64_t read_at_ns;
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    uint64_t now = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+    uint64_t now = sa_os_monotonic_ns();
     uint64_t at = atomic_load_explicit(&read_at_ns, memory_order_relaxed);
     if (at != 0 && now - at < 1000000000u)
         return atomic_load_explicit(&mode, memory_order_relaxed);
@@ -166,13 +164,19 @@ void sa_os_random(void *buf, size_t len)
     }
 }
 
+/* The one reading of the monotonic clock. */
+uint64_t sa_os_monotonic_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
 uint64_t sa_os_now_ns(void)
 {
     if (sa_clock_hook != NULL)
         return sa_clock_hook();
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+    return sa_os_monotonic_ns();
 }
 
 size_t sa_os_page_size_override;

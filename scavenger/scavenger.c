@@ -120,13 +120,6 @@ uint64_t sa_scavenger_cycle(void)
     return released;
 }
 
-static uint64_t mono_now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * NS_PER_S + (uint64_t)ts.tv_nsec;
-}
-
 /* The idle limit's pass for a free that handed it over.  Returns when the
  * thread must look again (ns, sa_os_now_ns's clock), or 0: nothing is over
  * the limit, and the next free that crosses it wakes the thread again. */
@@ -153,10 +146,10 @@ static void *scavenger_main(void *arg)
 {
     (void)arg;
     sa_bgthread_enter();
-    uint64_t next_cycle = mono_now_ns() + period_ns();
+    uint64_t next_cycle = sa_os_monotonic_ns() + period_ns();
     uint64_t idle_due = 0; /* mono clock; 0: no pass owed */
     for (;;) {
-        uint64_t now = mono_now_ns();
+        uint64_t now = sa_os_monotonic_ns();
         uint64_t wake = next_cycle < now + NS_PER_S ? next_cycle : now + NS_PER_S;
         if (idle_due != 0 && idle_due < wake)
             wake = idle_due;
@@ -168,7 +161,7 @@ static void *scavenger_main(void *arg)
         if (sa_bgthread_orphaned())
             break;
         sa_mheap_clock_tick();
-        now = mono_now_ns();
+        now = sa_os_monotonic_ns();
         if (atomic_load(&idle_armed) && (idle_due == 0 || now >= idle_due)) {
             uint64_t due = idle_pass();
             uint64_t heap_now = sa_os_now_ns();
@@ -177,9 +170,9 @@ static void *scavenger_main(void *arg)
             uint64_t wait = due > heap_now + MIN_PERIOD_NS ? due - heap_now : MIN_PERIOD_NS;
             idle_due = due == 0 ? 0 : now + wait;
         }
-        if (mono_now_ns() >= next_cycle) {
+        if (sa_os_monotonic_ns() >= next_cycle) {
             sa_scavenger_cycle();
-            next_cycle = mono_now_ns() + period_ns();
+            next_cycle = sa_os_monotonic_ns() + period_ns();
         }
     }
     sa_bgthread_leave(&scav_thread);

@@ -52,13 +52,6 @@ static char path_tmp[sizeof(path_out) + 32];
 static char proc_buf[4096];
 static char out_buf[64 * 1024]; /* JSON ~7 KiB, Prometheus ~20 KiB */
 
-static uint64_t mono_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * NS_PER_S + (uint64_t)ts.tv_nsec;
-}
-
 static struct timespec to_timespec(uint64_t ns)
 {
     return (struct timespec){.tv_sec = (time_t)(ns / NS_PER_S), .tv_nsec = (long)(ns % NS_PER_S)};
@@ -240,14 +233,14 @@ static void *writer_main(void *arg)
 {
     (void)arg;
     sa_bgthread_enter();
-    uint64_t next = mono_ns(); /* the first snapshot at once */
+    uint64_t next = sa_os_monotonic_ns(); /* the first snapshot at once */
     for (;;) {
         pthread_mutex_lock(&snap_lock);
         bool orphaned = false;
-        while (!final_request && mono_ns() < next) {
+        while (!final_request && sa_os_monotonic_ns() < next) {
             /* Wake at least once a second: when the program's own threads
              * are all gone, this thread must not keep the process alive. */
-            uint64_t second = mono_ns() + 1000000000ull;
+            uint64_t second = sa_os_monotonic_ns() + 1000000000ull;
             struct timespec deadline = to_timespec(next < second ? next : second);
             pthread_cond_timedwait(&snap_wake, &snap_lock, &deadline);
             pthread_mutex_unlock(&snap_lock);
@@ -272,7 +265,7 @@ static void *writer_main(void *arg)
             pthread_mutex_unlock(&snap_lock);
             return NULL;
         }
-        uint64_t now = mono_ns();
+        uint64_t now = sa_os_monotonic_ns();
         next += interval_ns();
         if (next <= now) /* fell behind (stopped, suspended): no catch-up burst */
             next = now + interval_ns();
@@ -361,7 +354,7 @@ __attribute__((destructor)) static void snapshot_at_exit(void)
     clock_gettime(CLOCK_REALTIME, &now_real);
     struct timespec lock_deadline = to_timespec((uint64_t)now_real.tv_sec * NS_PER_S +
                                                 (uint64_t)now_real.tv_nsec + EXIT_WAIT_NS);
-    struct timespec deadline = to_timespec(mono_ns() + EXIT_WAIT_NS);
+    struct timespec deadline = to_timespec(sa_os_monotonic_ns() + EXIT_WAIT_NS);
     if (pthread_mutex_timedlock(&snap_lock, &lock_deadline) != 0)
         return;
     final_request = true;
