@@ -84,17 +84,9 @@ static size_t read_small_file(const char *path)
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
         return 0;
-    size_t len = 0;
-    while (len < sizeof(proc_buf) - 1) {
-        ssize_t n = read(fd, proc_buf + len, sizeof(proc_buf) - 1 - len);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            break;
-        len += (size_t)n;
-    }
+    bool more;
+    size_t len = sa_read_until_full(fd, proc_buf, sizeof(proc_buf), &more);
     close(fd);
-    proc_buf[len] = '\0';
     return len;
 }
 
