@@ -13,7 +13,7 @@ struct sa_hooks sa_hooks;
 
 /* Set by fork's child handler, cleared by the child's next growth or
  * refill: the parent's background threads did not survive the fork. */
-static _Atomic bool restart_pending;
+static _Atomic bool restart_pending; /* atomic, no lock */
 
 void sa_hooks_heap_grew(void)
 {

@@ -432,6 +432,9 @@ uint64_t sa_mcentral_sys_bytes(void);
 
 /* ---- mheap (alloc/mheap.c; its large-span cache, alloc/largecache.c):
  * pages, one lock. */
+/* Every field under the heap lock: written by mheap.c (span_records and
+ * span_records_sys by span.c, pagemap_sys filled in by sa_mheap_read), read
+ * by others only as the copy sa_mheap_read takes under the lock. */
 struct sa_heap_counters {
     uint64_t sys_bytes;        /* heap bytes mapped from the OS */
     uint64_t inuse_pages;      /* pages in SMALL or LARGE spans */
@@ -473,7 +476,7 @@ uint64_t sa_mheap_idle_excess(void);
  * (if excess is not NULL) and, returning true, the oldest idle span's stamp
  * (ns, sa_os_now_ns's clock); false if no span is idle and resident. */
 bool sa_mheap_oldest_idle(uint64_t *excess, uint64_t *idle_since_ns);
-/* Count bytes a freeing thread released itself (heap_released_inline). */
+/* Count bytes a freeing thread released itself (released_inline). */
 void sa_mheap_count_released_inline(uint64_t bytes);
 /* Refresh the coarse clock of the idle stamps (the scavenger, each wake). */
 void sa_mheap_clock_tick(void);

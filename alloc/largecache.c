@@ -14,8 +14,8 @@
  * see sa_mheap_alloc_large), and every scavenge (the background cycle, free_os_memory,
  * the limits) empties it, so nothing stays there past one scavenger period.
  * Its total is small (1 MiB): a cached span splits the free memory around
- * it, and a bigger cache raised the peak RSS of bench/workloads large
- * (blocks of 256 KiB .. 4 MiB) by 10% for no reuse.
+ * it, so a bigger cache costs peak RSS for no reuse (docs/benchmarks.md,
+ * "Design choices").
  * A free of a cached span's address finds state CACHED: a double free,
  * reported.  Slots are kept oldest first. */
 #include <string.h>
@@ -111,9 +111,8 @@ struct sa_span *sa_mheap_alloc_large(size_t npages, size_t align_pages)
     if (s == NULL) {
         /* No resident free span fits: the cached ones go back first, to be
          * merged with their free neighbours, rather than fault fresh pages
-         * in beside them (the peak RSS of bench/workloads large, blocks of
-         * 256 KiB .. 4 MiB, was 9% higher without this).  A miss that
-         * resident memory serves leaves the cache alone. */
+         * in beside them (peak RSS, docs/benchmarks.md section 4).  A miss
+         * that resident memory serves leaves the cache alone. */
         if (large_cache_n > 0 && !sa_mheap_has_resident_fit_locked(npages + align_pages - 1))
             flush_large_cache_locked();
         s = sa_mheap_alloc_locked(npages, align_pages, 0, &grew);

@@ -58,21 +58,25 @@ struct sa_thread_cache {
     pthread_t owner;
 };
 
+/* The fallback caches' registry: everything from here to exit_key is under
+ * registry_lock unless it says otherwise. */
 static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct sa_thread_cache *registry;
 static struct sa_thread_cache *record_free_list; /* slabs kept, pages released */
 static struct sa_chunk record_chunks; /* records */
 static struct sa_chunk slab_chunks;   /* fallback slabs */
 static uint64_t caches_live;
-static _Atomic uint64_t caches_sys_bytes; /* read without the lock by the limit */
+static _Atomic uint64_t caches_sys_bytes; /* written under the lock, read without by the limit */
 /* Counters of exited threads, folded in at exit (registry lock). */
 static uint64_t exited_mallocs[SA_NUM_CLASSES], exited_frees[SA_NUM_CLASSES];
-/* Blocks allocated or freed by threads without a cache (slow path only). */
+/* Blocks allocated or freed by threads without a cache (slow path only):
+ * relaxed counters, no lock. */
 static _Atomic uint64_t direct_mallocs[SA_NUM_CLASSES], direct_frees[SA_NUM_CLASSES];
-static pthread_key_t exit_key;
-int (*sa_setspecific_hook)(pthread_key_t, const void *); /* test hook */
+static pthread_key_t exit_key; /* created once at init, read only after */
+int (*sa_setspecific_hook)(pthread_key_t, const void *); /* test hook, set before threads */
 
-/* ---- Capacities and the slab layout (fixed at init) */
+/* ---- Capacities and the slab layout (written once at init, by the thread
+ * that initialises, before any cache exists; read with no lock after) */
 
 static uint16_t region_base[SA_NUM_CLASSES], region_cap[SA_NUM_CLASSES];
 static size_t slab_bytes;

@@ -37,10 +37,13 @@
 
 enum { LIST_NONE = 0, LIST_DIRTY = 1, LIST_CLEAN = 2 };
 
+/* The heap lock guards everything below and in every free span's record
+ * (struct sa_span's free-span fields), the page map's bitmaps and the large
+ * cache; the counters are read out under it (sa_mheap_read). */
 static pthread_mutex_t heap_lock = PTHREAD_MUTEX_INITIALIZER;
-static struct sa_free_index dirty_set, clean_set;
-static struct sa_span *age_first, *age_last;
-struct sa_heap_counters sa_heap_counters_locked;
+static struct sa_free_index dirty_set, clean_set; /* heap lock */
+static struct sa_span *age_first, *age_last;      /* heap lock */
+struct sa_heap_counters sa_heap_counters_locked;  /* heap lock (span.c writes its two) */
 #define counters sa_heap_counters_locked
 
 void sa_mheap_lock(void)
@@ -559,8 +562,8 @@ bool sa_mheap_grow_large(struct sa_span *s, size_t npages)
     size_t extra = npages > s->npages ? npages - s->npages : 0;
     struct sa_span *next = s->state == SA_SPAN_LARGE && extra > 0 ? free_neighbour(span_end(s)) : NULL;
     /* Only into resident pages: taking released ones would fault fresh
-     * memory in while resident idle spans elsewhere stay unused (peak RSS of
-     * bench/workloads mixed: +1.8 MiB when released pages were taken too). */
+     * memory in while resident idle spans elsewhere stay unused (peak RSS,
+     * docs/benchmarks.md, "Design choices"). */
     if (next != NULL && next->base == span_end(s) && next->npages >= extra &&
         released_in(next, next->base, extra) == 0) {
         free_lists_remove(next);

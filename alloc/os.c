@@ -24,6 +24,8 @@
 #define MADV_FREE 8
 #endif
 
+/* Test hooks: the fault counters are atomics any thread's map decrements;
+ * the clock hook is set by a test while no other thread allocates. */
 _Atomic int sa_os_fail_maps;
 _Atomic int sa_os_fail_maps_after;
 uint64_t (*sa_clock_hook)(void);
@@ -179,7 +181,7 @@ uint64_t sa_os_now_ns(void)
     return sa_os_monotonic_ns();
 }
 
-size_t sa_os_page_size_override;
+size_t sa_os_page_size_override; /* test hook, set before the heap is used */
 
 size_t sa_os_page_size(void)
 {

@@ -17,10 +17,12 @@
  */
 #include "internal.h"
 
+/* Root entries are written under the heap lock (a leaf is published with a
+ * release store) and read with no lock (acquire) by free() and lookups. */
 _Atomic uintptr_t sa_pagemap_root[SA_ROOT_ENTRIES];
-struct sa_span sa_span_none; /* all zero: state 0, free_limit 0 */
-static uint64_t leaves_sys_bytes;
-static size_t leaves_mapped;
+struct sa_span sa_span_none; /* all zero: state 0, free_limit 0; never written */
+static uint64_t leaves_sys_bytes; /* heap lock */
+static size_t leaves_mapped;      /* heap lock */
 
 static size_t page_in_leaf(uintptr_t addr)
 {

@@ -34,9 +34,15 @@
 #define MAX_PERIOD_NS (5 * NS_PER_S)
 #define MIN_PERIOD_NS 1000000ull
 
+/* scav_lock guards only the thread's sleep on scav_wake (a wake-up is
+ * signalled under it); scav_wake is initialised by the thread's starter
+ * before the thread exists.  The rest are atomics, read and written with no
+ * lock: memory_limit by any thread (spanalloc_set_memory_limit, loaded once
+ * from the option: limit_loaded), num_scavenges by the cycle's thread,
+ * num_forced by free_os_memory's callers. */
 static pthread_mutex_t scav_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t scav_wake;
-static struct sa_bgthread scav_thread;
+static struct sa_bgthread scav_thread; /* see bgthread.h */
 static _Atomic uint64_t memory_limit;
 static _Atomic uint64_t num_scavenges, num_forced;
 static _Atomic bool limit_loaded;

@@ -39,7 +39,10 @@
 #define MIN_INTERVAL_NS (10 * NS_PER_MS)
 #define EXIT_WAIT_NS (1 * NS_PER_S) /* longest the exiting thread waits */
 
-static struct sa_bgthread snap_thread;
+static struct sa_bgthread snap_thread; /* see bgthread.h */
+/* snap_lock guards the exit hand-over (final_request, final_done) and the
+ * writer's sleep on snap_wake; both conditions are initialised before the
+ * writer starts (and again in a forked child, single-threaded). */
 static pthread_mutex_t snap_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t snap_wake = PTHREAD_COND_INITIALIZER; /* CLOCK_MONOTONIC once started */
 static pthread_cond_t snap_done = PTHREAD_COND_INITIALIZER;
