@@ -48,12 +48,12 @@ static inline void sa_free_inline(void *ptr)
     uintptr_t addr = (uintptr_t)ptr;
     uintptr_t bias = sa_pagemap_bias(addr);
     if (SA_UNLIKELY(bias == 0)) {
-        sa_free_not_small(ptr, NULL);
+        sa_free_full_lookup(ptr);
         return;
     }
     struct sa_span *s = sa_pagemap_entry(bias, addr);
     if (SA_UNLIKELY((uint64_t)(addr - s->base) * s->free_magic >= s->free_limit)) {
-        sa_free_not_small(ptr, s);
+        sa_free_large(ptr, s);
         return;
     }
     sa_mcache_free(ptr, s);

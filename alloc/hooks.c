@@ -13,7 +13,7 @@ struct sa_hooks sa_hooks;
 
 /* Set by fork's child handler, cleared by the child's next growth or
  * refill: the parent's background threads did not survive the fork. */
-static _Atomic bool restart_pending;
+static _Atomic bool restart_pending; /* atomic, no lock */
 
 void sa_hooks_heap_grew(void)
 {
@@ -37,6 +37,4 @@ void sa_hooks_idle_excess(uint64_t excess)
 {
     if (sa_hooks.idle_excess != NULL)
         sa_hooks.idle_excess(excess);
-    else
-        sa_mheap_release_inline(excess);
 }

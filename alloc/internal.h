@@ -142,8 +142,48 @@ struct sa_span_list {
     struct sa_span *first;
 };
 
+/* The intrusive doubly linked lists (span lists, the heap's spans out for
+ * release, the fallback caches' registry): push `node` at `head`, or unlink
+ * it, through its link fields `next` and `prev` (the node's links are left
+ * as they were on removal). */
+#define SA_DLIST_PUSH(head, node, next, prev)                                   \
+    do {                                                                        \
+        (node)->prev = NULL;                                                    \
+        (node)->next = (head);                                                  \
+        if ((head) != NULL)                                                     \
+            (head)->prev = (node);                                              \
+        (head) = (node);                                                        \
+    } while (0)
+#define SA_DLIST_REMOVE(head, node, next, prev)                                 \
+    do {                                                                        \
+        if ((node)->prev != NULL)                                               \
+            (node)->prev->next = (node)->next;                                  \
+        else                                                                    \
+            (head) = (node)->next;                                              \
+        if ((node)->next != NULL)                                               \
+            (node)->next->prev = (node)->prev;                                  \
+    } while (0)
+
 void sa_span_list_push(struct sa_span_list *list, struct sa_span *s);
 void sa_span_list_remove(struct sa_span_list *list, struct sa_span *s);
+
+/* ---- Metadata chunks (alloc/chunk.c): records bump-allocated from chunks
+ * mapped for metadata only, never unmapped.  The owner's lock guards its
+ * struct sa_chunk. */
+struct sa_chunk {
+    char *cursor, *end; /* the current chunk's free part (NULL: none yet) */
+    uint64_t mapped;    /* bytes of every chunk mapped so far */
+};
+/* Room for `size` more bytes, mapping a new chunk of chunk_bytes if the
+ * current one lacks it; false if that mapping failed. */
+bool sa_chunk_reserve(struct sa_chunk *c, size_t size, size_t chunk_bytes);
+/* The next `size` bytes, after a successful sa_chunk_reserve of them. */
+static inline void *sa_chunk_take(struct sa_chunk *c, size_t size)
+{
+    void *p = c->cursor;
+    c->cursor += size;
+    return p;
+}
 
 /* Span records come from a fixed-size allocator under the heap lock. */
 struct sa_span *sa_span_record_new(void);
@@ -390,7 +430,11 @@ void sa_mcentral_fork_parent(void);
 void sa_mcentral_fork_child(void);
 uint64_t sa_mcentral_sys_bytes(void);
 
-/* ---- mheap (alloc/mheap.c): pages, one lock. */
+/* ---- mheap (alloc/mheap.c; its large-span cache, alloc/largecache.c):
+ * pages, one lock. */
+/* Every field under the heap lock: written by mheap.c (span_records and
+ * span_records_sys by span.c, pagemap_sys filled in by sa_mheap_read), read
+ * by others only as the copy sa_mheap_read takes under the lock. */
 struct sa_heap_counters {
     uint64_t sys_bytes;        /* heap bytes mapped from the OS */
     uint64_t inuse_pages;      /* pages in SMALL or LARGE spans */
@@ -414,9 +458,9 @@ void sa_mheap_free_large(struct sa_span *s);
 bool sa_mheap_grow_large(struct sa_span *s, size_t npages); /* in place, or false */
 /* realloc's shrink in place: the pages past npages go back to the heap. */
 bool sa_mheap_shrink_large(struct sa_span *s, size_t npages);
-/* The large-span cache (malloc.c's large objects): free keeps a small span
- * whole, or frees it as sa_mheap_free_large; take returns one of exactly
- * npages, or NULL. */
+/* The large-span cache (alloc/largecache.c; malloc.c's large objects):
+ * free keeps a small span whole, or frees it as sa_mheap_free_large; take
+ * returns one of exactly npages, or NULL. */
 void sa_mheap_free_large_cached(struct sa_span *s);
 struct sa_span *sa_mheap_take_cached(size_t npages);
 void sa_mheap_flush_large_cache(void); /* every cached span back to the heap */
@@ -425,17 +469,15 @@ void sa_mheap_read(struct sa_heap_counters *out);
 /* Release idle pages: spans idle since before `cutoff_ns`, oldest first, until
  * `max_bytes` were released.  Returns bytes released. */
 uint64_t sa_mheap_scavenge(uint64_t cutoff_ns, uint64_t max_bytes);
-/* SPANALLOC_IDLE_LIMIT: resident idle bytes above the limit (0 if none). */
+/* SPANALLOC_IDLE_LIMIT: resident idle bytes above the limit (0 if none).
+ * What is done with them is the release policy's (scavenger/release_policy.c). */
 uint64_t sa_mheap_idle_excess(void);
-/* Release the idle limit's excess among spans idle for SPANALLOC_IDLE_DELAY. */
-uint64_t sa_mheap_enforce_idle_limit(uint64_t excess);
-/* A freeing thread's own release when no scavenger thread takes the excess:
- * at most SA_INLINE_RELEASE_BYTES. */
-#define SA_INLINE_RELEASE_BYTES ((uint64_t)256 << 10)
-uint64_t sa_mheap_release_inline(uint64_t excess);
-/* When the idle limit's next release is due (ns, sa_os_now_ns's clock), 0 if
- * nothing is over the limit. */
-uint64_t sa_mheap_idle_due_ns(void);
+/* The release policy's view, under one hold of the heap lock: the excess
+ * (if excess is not NULL) and, returning true, the oldest idle span's stamp
+ * (ns, sa_os_now_ns's clock); false if no span is idle and resident. */
+bool sa_mheap_oldest_idle(uint64_t *excess, uint64_t *idle_since_ns);
+/* Count bytes a freeing thread released itself (released_inline). */
+void sa_mheap_count_released_inline(uint64_t bytes);
 /* Refresh the coarse clock of the idle stamps (the scavenger, each wake). */
 void sa_mheap_clock_tick(void);
 /* Test support: check the free spans' structure; NULL if sound, else what
@@ -454,16 +496,16 @@ void sa_os_unmap(void *addr, size_t bytes);
 bool sa_os_can_back(size_t bytes);
 bool sa_os_release(void *addr, size_t bytes);
 void sa_os_random(void *buf, size_t len);
+/* The heap's clock (idle stamps, the idle delay): the monotonic clock in
+ * ns, or the test hook's (sa_clock_hook) when one is set. */
 uint64_t sa_os_now_ns(void);
+/* CLOCK_MONOTONIC in ns, never replaced: what the background threads sleep
+ * by (their condition variables wait on CLOCK_MONOTONIC). */
+uint64_t sa_os_monotonic_ns(void);
 size_t sa_os_page_size(void);
 bool sa_os_release_zeroes(void); /* released whole OS pages read back zero */
 /* Test hook (internal): pretend the OS page is this big (0: sysconf). */
 SA_HIDDEN extern size_t sa_os_page_size_override;
-/* Background threads: register at start; exit when no other thread runs. */
-void sa_os_register_background_thread(void);
-void sa_os_unregister_background_thread(void);
-void sa_os_forget_background_threads(void);
-bool sa_os_user_threads_alive(void);
 /* Test hooks (internal): fail the next `n` maps; replace the clock. */
 SA_HIDDEN extern _Atomic int sa_os_fail_maps;
 /* ... after letting this many maps through first. */
@@ -508,8 +550,8 @@ SA_COLD __attribute__((noreturn)) void sa_report(const char *what, const void *p
 /* Validate a pointer handed to free/realloc/usable_size; returns its span
  * or reports and aborts. */
 struct sa_span *sa_checked_span(const void *ptr, const char *op);
-/* free() of a small block that failed a check: says which, then aborts. */
-SA_COLD __attribute__((noreturn)) void sa_bad_small_free(void *ptr, struct sa_span *s);
+/* free() of a pointer that failed a check: says which, then aborts. */
+SA_COLD __attribute__((noreturn)) void sa_report_bad_free(void *ptr, struct sa_span *s);
 
 /* ---- Upward hooks (alloc/hooks.c)
  *
@@ -538,8 +580,9 @@ static inline void sa_hooks_after_refill(bool grew)
     sa_hooks_poke();
 }
 /* A free left resident idle memory over the idle limit (no lock held): the
- * hook wakes the scavenger; with none registered, release a bounded amount
- * here (sa_mheap_release_inline). */
+ * hook (the scavenger's) wakes its thread or releases a bounded amount on
+ * the freeing thread.  With none registered (only before start-up, when
+ * nothing is allocated yet) nothing is done: the next scavenge sees it. */
 void sa_hooks_idle_excess(uint64_t excess);
 
 /* The start-up order (lifecycle/lifecycle.c): sa_init_slow's one call up,

@@ -57,21 +57,26 @@ void *sa_malloc_own_span(size_t size, size_t align)
     return (void *)s->base;
 }
 
-/* Out of line: large objects, and every pointer the inline checks refused,
- * which sa_checked_span reports (it returns only for valid pointers). */
-void sa_free_not_small(void *ptr, struct sa_span *s)
+/* free() of a pointer whose arena has no leaf in the static root (the only
+ * part the inline lookup reads): looked up in the whole page map, it is
+ * NULL, a block above 2^SA_ADDR_BITS, or a bad pointer. */
+void sa_free_full_lookup(void *ptr)
 {
     if (ptr == NULL)
         return;
-    if (s == NULL) { /* the inline lookup covers the static root only */
-        s = sa_pagemap_lookup((uintptr_t)ptr);
-        if (s != NULL && (uint64_t)((uintptr_t)ptr - s->base) * s->free_magic < s->free_limit) {
-            sa_mcache_free(ptr, s); /* a small block above 2^SA_ADDR_BITS */
-            return;
-        }
+    struct sa_span *s = sa_pagemap_lookup((uintptr_t)ptr);
+    if (s != NULL && (uint64_t)((uintptr_t)ptr - s->base) * s->free_magic < s->free_limit) {
+        sa_mcache_free(ptr, s); /* a small block above 2^SA_ADDR_BITS */
+        return;
     }
-    if (s == &sa_span_none)
-        s = NULL;
+    sa_free_large(ptr, s);
+}
+
+/* free() of a pointer the inline small-block check refused: a large block
+ * (or a sampled one, in a span of its own) is freed; anything else is a bad
+ * pointer, reported (a valid small block never gets here). */
+void sa_free_large(void *ptr, struct sa_span *s)
+{
     if (s != NULL && s->state == SA_SPAN_LARGE && (uintptr_t)ptr == s->base) {
         SA_VG_FREELIKE(ptr);
         if (SA_UNLIKELY(s->prof != NULL))
@@ -80,8 +85,8 @@ void sa_free_not_small(void *ptr, struct sa_span *s)
             sa_mheap_free_large_cached(s);
         return;
     }
-    sa_checked_span(ptr, "free");
-    sa_report("free: invalid pointer", ptr, s); /* a valid small block never gets here */
+    if (ptr != NULL) /* NULL comes here only if arena 0 had a leaf: no error */
+        sa_report_bad_free(ptr, s == &sa_span_none ? NULL : s);
 }
 
 /* What malloc_usable_size says of the block of span s: a sampled small

@@ -58,21 +58,25 @@ struct sa_thread_cache {
     pthread_t owner;
 };
 
+/* The fallback caches' registry: everything from here to exit_key is under
+ * registry_lock unless it says otherwise. */
 static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct sa_thread_cache *registry;
 static struct sa_thread_cache *record_free_list; /* slabs kept, pages released */
-static char *chunk_cursor, *chunk_end;           /* records */
-static char *slab_chunk_cursor, *slab_chunk_end; /* fallback slabs */
+static struct sa_chunk record_chunks; /* records */
+static struct sa_chunk slab_chunks;   /* fallback slabs */
 static uint64_t caches_live;
-static _Atomic uint64_t caches_sys_bytes; /* read without the lock by the limit */
+static _Atomic uint64_t caches_sys_bytes; /* written under the lock, read without by the limit */
 /* Counters of exited threads, folded in at exit (registry lock). */
 static uint64_t exited_mallocs[SA_NUM_CLASSES], exited_frees[SA_NUM_CLASSES];
-/* Blocks allocated or freed by threads without a cache (slow path only). */
+/* Blocks allocated or freed by threads without a cache (slow path only):
+ * relaxed counters, no lock. */
 static _Atomic uint64_t direct_mallocs[SA_NUM_CLASSES], direct_frees[SA_NUM_CLASSES];
-static pthread_key_t exit_key;
-int (*sa_setspecific_hook)(pthread_key_t, const void *); /* test hook */
+static pthread_key_t exit_key; /* created once at init, read only after */
+int (*sa_setspecific_hook)(pthread_key_t, const void *); /* test hook, set before threads */
 
-/* ---- Capacities and the slab layout (fixed at init) */
+/* ---- Capacities and the slab layout (written once at init, by the thread
+ * that initialises, before any cache exists; read with no lock after) */
 
 static uint16_t region_base[SA_NUM_CLASSES], region_cap[SA_NUM_CLASSES];
 static size_t slab_bytes;
@@ -212,26 +216,13 @@ static struct sa_thread_cache *record_new(void)
         record_free_list = c->reg_next;
         memset(c->slab, 0, SA_NUM_CLASSES * sizeof(struct sa_slab_class));
     } else {
-        if (chunk_cursor == NULL || chunk_cursor + sizeof(*c) > chunk_end) {
-            char *chunk = sa_os_map(SA_CACHE_CHUNK, 0);
-            if (chunk == NULL)
-                return NULL;
-            chunk_cursor = chunk;
-            chunk_end = chunk + SA_CACHE_CHUNK;
-            caches_sys_bytes += SA_CACHE_CHUNK;
-        }
-        if (slab_chunk_cursor == NULL || slab_chunk_cursor + slab_bytes > slab_chunk_end) {
-            char *chunk = sa_os_map(SA_SLABS_PER_CHUNK * slab_bytes, 0);
-            if (chunk == NULL)
-                return NULL;
-            slab_chunk_cursor = chunk;
-            slab_chunk_end = chunk + SA_SLABS_PER_CHUNK * slab_bytes;
-            caches_sys_bytes += SA_SLABS_PER_CHUNK * slab_bytes;
-        }
-        char *slab = slab_chunk_cursor;
-        slab_chunk_cursor += slab_bytes;
-        c = (struct sa_thread_cache *)chunk_cursor;
-        chunk_cursor += sizeof(*c);
+        bool room = sa_chunk_reserve(&record_chunks, sizeof(*c), SA_CACHE_CHUNK) &&
+                    sa_chunk_reserve(&slab_chunks, slab_bytes, SA_SLABS_PER_CHUNK * slab_bytes);
+        atomic_store(&caches_sys_bytes, record_chunks.mapped + slab_chunks.mapped);
+        if (!room)
+            return NULL;
+        char *slab = sa_chunk_take(&slab_chunks, slab_bytes);
+        c = sa_chunk_take(&record_chunks, sizeof(*c));
         c->slab = slab;
     }
     caches_live++;
@@ -240,11 +231,7 @@ static struct sa_thread_cache *record_new(void)
 
 static void registry_link(struct sa_thread_cache *c)
 {
-    c->reg_prev = NULL;
-    c->reg_next = registry;
-    if (registry != NULL)
-        registry->reg_prev = c;
-    registry = c;
+    SA_DLIST_PUSH(registry, c, reg_next, reg_prev);
 }
 
 /* Unlink a cache, keep its counters, recycle its record and slab (the
@@ -252,12 +239,7 @@ static void registry_link(struct sa_thread_cache *c)
 static void registry_retire(struct sa_thread_cache *c)
 {
     sa_slab_fold(c->slab, exited_mallocs, exited_frees);
-    if (c->reg_prev != NULL)
-        c->reg_prev->reg_next = c->reg_next;
-    else
-        registry = c->reg_next;
-    if (c->reg_next != NULL)
-        c->reg_next->reg_prev = c->reg_prev;
+    SA_DLIST_REMOVE(registry, c, reg_next, reg_prev);
     sa_os_release(c->slab, slab_bytes);
     c->reg_next = record_free_list;
     record_free_list = c;
@@ -503,7 +485,7 @@ void sa_mcache_free_slow(void *block, const struct sa_span *s)
     unsigned cls = sa_span_cls(s);
     size_t off = (size_t)cls << SA_LIST_SHIFT;
     if (sa_block_is_free_checked(block))
-        sa_bad_small_free(block, sa_pagemap_lookup((uintptr_t)block));
+        sa_report_bad_free(block, sa_pagemap_lookup((uintptr_t)block));
     if (thread_ready()) {
         if (tls_state == TLS_PERCPU)
             sa_percpu_prepare_current();

@@ -14,8 +14,12 @@
 #include "internal.h"
 #include "percpu.h"
 
-/* free() of anything the inline checks did not accept (malloc.c). */
-void sa_free_not_small(void *ptr, struct sa_span *s);
+/* free() of what the inline checks did not accept (malloc.c): a pointer
+ * whose arena the static root does not hold (looked up in the whole page
+ * map), or one the small-block check refused (a large block, else a bad
+ * pointer, reported). */
+void sa_free_full_lookup(void *ptr);
+void sa_free_large(void *ptr, struct sa_span *s);
 
 /* A cached block carries the free mark (word 1 = word 0 ^ address ^
  * mark_key, written by free): it is checked before the block is handed out,

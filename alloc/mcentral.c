@@ -17,8 +17,8 @@
  * SA_TRANSFER_SLOTS batches per small class (a batch is at most 32 KiB),
  * drained back into their spans by free_os_memory().  Medium classes keep
  * none: their batch is one object of up to 256 KiB in a span of its own,
- * which goes straight back to the heap (kept, 4 per class raised peak RSS of
- * bench/workloads mixed by 4 MiB).
+ * which goes straight back to the heap (kept batches of them cost peak RSS:
+ * docs/benchmarks.md, "Design choices").
  */
 #include <sched.h>
 
@@ -32,6 +32,8 @@ struct transfer_batch {
     uint32_t count;
 };
 
+/* One per size class; its fields are under its lock but for any that says
+ * otherwise. */
 struct mcentral {
     pthread_mutex_t lock;
     struct sa_span_list partial;

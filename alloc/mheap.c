@@ -21,20 +21,29 @@
  * resident until touched), so heap_sys - heap_released tracks the heap's
  * share of RSS.  Everything here runs under one lock, the heap lock; the
  * scavenger drops it while the kernel releases pages.
+ *
+ * Beside it, under the same lock: the large-span cache (largecache.c, which
+ * calls the locked primitives of mheap_internal.h).  The idle limit's excess
+ * is measured here, on every free; when and how much of it is released is
+ * the policy's (scavenger/release_policy.c), reached through the hook table.
  */
 #include <string.h>
 
 #include "internal.h"
+#include "mheap_internal.h"
 #include "pagealloc.h"
 
 #define SA_SCAVENGE_CHUNK 512   /* pages released per syscall: 4 MiB */
 
 enum { LIST_NONE = 0, LIST_DIRTY = 1, LIST_CLEAN = 2 };
 
+/* The heap lock guards everything below and in every free span's record
+ * (struct sa_span's free-span fields), the page map's bitmaps and the large
+ * cache; the counters are read out under it (sa_mheap_read). */
 static pthread_mutex_t heap_lock = PTHREAD_MUTEX_INITIALIZER;
-static struct sa_free_index dirty_set, clean_set;
-static struct sa_span *age_first, *age_last;
-struct sa_heap_counters sa_heap_counters_locked;
+static struct sa_free_index dirty_set, clean_set; /* heap lock */
+static struct sa_span *age_first, *age_last;      /* heap lock */
+struct sa_heap_counters sa_heap_counters_locked;  /* heap lock (span.c writes its two) */
 #define counters sa_heap_counters_locked
 
 void sa_mheap_lock(void)
@@ -58,21 +67,12 @@ static struct sa_span *scavenging;
 
 static void scavenging_add(struct sa_span *s)
 {
-    s->age_prev = NULL;
-    s->age_next = scavenging;
-    if (scavenging != NULL)
-        scavenging->age_prev = s;
-    scavenging = s;
+    SA_DLIST_PUSH(scavenging, s, age_next, age_prev);
 }
 
 static void scavenging_remove(struct sa_span *s)
 {
-    if (s->age_prev != NULL)
-        s->age_prev->age_next = s->age_next;
-    else
-        scavenging = s->age_next;
-    if (s->age_next != NULL)
-        s->age_next->age_prev = s->age_prev;
+    SA_DLIST_REMOVE(scavenging, s, age_next, age_prev);
     s->age_next = s->age_prev = NULL;
 }
 
@@ -124,7 +124,7 @@ static void coarse_advance(uint64_t now)
         ;
 }
 
-static uint64_t coarse_now_locked(void)
+uint64_t sa_mheap_now_locked(void)
 {
     if (SA_UNLIKELY(sa_clock_hook != NULL)) /* tests: exact, and free to go back */
         return sa_os_now_ns();
@@ -517,147 +517,35 @@ static void set_large_size(struct sa_span *s, size_t npages)
     s->elem_size = npages << SA_PAGE_SHIFT > UINT32_MAX ? 0 : (uint32_t)(npages << SA_PAGE_SHIFT);
 }
 
-static void count_large_malloc(size_t npages)
+void sa_mheap_count_large_malloc(size_t npages)
 {
     counters.large_mallocs++;
     counters.large_alloc_bytes += (uint64_t)npages << SA_PAGE_SHIFT;
     counters.large_total_alloc += (uint64_t)npages << SA_PAGE_SHIFT;
 }
 
-struct sa_span *sa_mheap_alloc(size_t npages, size_t align_pages, unsigned cls, bool *grew)
+struct sa_span *sa_mheap_alloc_locked(size_t npages, size_t align_pages, unsigned cls, bool *grew)
 {
-    pthread_mutex_lock(&heap_lock);
     struct sa_span *s = alloc_locked(npages, align_pages, grew);
     if (s != NULL) {
         publish(s, cls);
         if (cls == 0)
-            count_large_malloc(s->npages);
+            sa_mheap_count_large_malloc(s->npages);
     }
-    pthread_mutex_unlock(&heap_lock);
     return s;
 }
 
-/* ---- The large-span cache
- *
- * Freeing a large span and allocating one of the same size again costs a
- * merge, a split and free-list updates.  Spans of up to
- * LARGE_CACHE_SPAN_PAGES are kept whole instead, a few at a time, and handed
- * out again for a request of exactly their size: the page map still points at
- * them.  A cached span stays counted in heap_inuse (like a span cached for a
- * size class; heap_alloc no longer counts it) and is never released while
- * cached.  The cache is bounded in slots and pages; when full, its oldest
- * span goes to the heap; a request of another size (a miss) that resident
- * free memory serves costs the cache nothing (one that does not empties it,
- * see sa_mheap_alloc_large), and every scavenge (the background cycle, free_os_memory,
- * the limits) empties it, so nothing stays there past one scavenger period.
- * Its total is small (1 MiB): a cached span splits the free memory around
- * it, and a bigger cache raised the peak RSS of bench/workloads large
- * (blocks of 256 KiB .. 4 MiB) by 10% for no reuse.
- * A free of a cached span's address finds state CACHED: a double free,
- * reported.  Slots are kept oldest first. */
-#define LARGE_CACHE_SLOTS 16
-#define LARGE_CACHE_SPAN_PAGES 128  /* 1 MiB */
-#define LARGE_CACHE_TOTAL_PAGES 128 /* 1 MiB */
-
-static struct sa_span *large_cache[LARGE_CACHE_SLOTS]; /* heap lock */
-static unsigned large_cache_n;
-static size_t large_cache_pages;
-
-static void free_locked_since(struct sa_span *s, uint64_t idle_since);
-
-/* Remove slot i, keeping the order. */
-static struct sa_span *cache_remove(unsigned i)
-{
-    struct sa_span *s = large_cache[i];
-    memmove(&large_cache[i], &large_cache[i + 1], (large_cache_n - i - 1) * sizeof(large_cache[0]));
-    large_cache_n--;
-    large_cache_pages -= s->npages;
-    return s;
-}
-
-/* A span of exactly npages from the cache, now LARGE and counted, or NULL. */
-static struct sa_span *take_cached_locked(size_t npages)
-{
-    for (unsigned i = large_cache_n; i-- > 0;) { /* newest first: warmest */
-        if (large_cache[i]->npages != npages)
-            continue;
-        struct sa_span *s = cache_remove(i);
-        s->state = SA_SPAN_LARGE;
-        s->needzero = 1;
-        count_large_malloc(npages);
-        return s;
-    }
-    return NULL;
-}
-
-/* Keep a freed large span in the cache, making room by sending the oldest
- * to the heap; false if it is too big to be cached. */
-static bool cache_put_locked(struct sa_span *s)
-{
-    if (s->npages > LARGE_CACHE_SPAN_PAGES)
-        return false;
-    while (large_cache_n == LARGE_CACHE_SLOTS ||
-           large_cache_pages + s->npages > LARGE_CACHE_TOTAL_PAGES) {
-        struct sa_span *old = cache_remove(0);
-        free_locked_since(old, old->idle_since_ns);
-    }
-    s->state = SA_SPAN_CACHED;
-    s->idle_since_ns = coarse_now_locked(); /* kept when it leaves the cache */
-    large_cache[large_cache_n++] = s;
-    large_cache_pages += s->npages;
-    return true;
-}
-
-/* Heap lock held. */
-static void flush_large_cache_locked(void)
-{
-    while (large_cache_n > 0) {
-        /* Idle since it was cached: emptying the cache must not make it,
-         * or the older span it merges with, look freshly freed to the age
-         * rule and the idle limit. */
-        struct sa_span *s = cache_remove(large_cache_n - 1);
-        free_locked_since(s, s->idle_since_ns);
-    }
-}
-
-void sa_mheap_flush_large_cache(void)
+struct sa_span *sa_mheap_alloc(size_t npages, size_t align_pages, unsigned cls, bool *grew)
 {
     pthread_mutex_lock(&heap_lock);
-    flush_large_cache_locked();
-    pthread_mutex_unlock(&heap_lock);
-}
-
-struct sa_span *sa_mheap_take_cached(size_t npages)
-{
-    pthread_mutex_lock(&heap_lock);
-    struct sa_span *s = take_cached_locked(npages);
+    struct sa_span *s = sa_mheap_alloc_locked(npages, align_pages, cls, grew);
     pthread_mutex_unlock(&heap_lock);
     return s;
 }
 
-/* One lock round trip: the cache, else the page allocator. */
-struct sa_span *sa_mheap_alloc_large(size_t npages, size_t align_pages)
+bool sa_mheap_has_resident_fit_locked(size_t npages)
 {
-    bool grew = false;
-    pthread_mutex_lock(&heap_lock);
-    struct sa_span *s = align_pages <= 1 ? take_cached_locked(npages) : NULL;
-    if (s == NULL) {
-        /* No resident free span fits: the cached ones go back first, to be
-         * merged with their free neighbours, rather than fault fresh pages
-         * in beside them (the peak RSS of bench/workloads large, blocks of
-         * 256 KiB .. 4 MiB, was 9% higher without this).  A miss that
-         * resident memory serves leaves the cache alone. */
-        if (large_cache_n > 0 && sa_free_index_find(&dirty_set, npages + align_pages - 1) == NULL)
-            flush_large_cache_locked();
-        s = alloc_locked(npages, align_pages, &grew);
-        if (s != NULL) {
-            publish(s, 0);
-            count_large_malloc(s->npages);
-        }
-    }
-    pthread_mutex_unlock(&heap_lock);
-    sa_hooks_after_refill(grew);
-    return s;
+    return sa_free_index_find(&dirty_set, npages) != NULL;
 }
 
 /* Grow a large span in place to npages by taking the start of the free span
@@ -674,8 +562,8 @@ bool sa_mheap_grow_large(struct sa_span *s, size_t npages)
     size_t extra = npages > s->npages ? npages - s->npages : 0;
     struct sa_span *next = s->state == SA_SPAN_LARGE && extra > 0 ? free_neighbour(span_end(s)) : NULL;
     /* Only into resident pages: taking released ones would fault fresh
-     * memory in while resident idle spans elsewhere stay unused (peak RSS of
-     * bench/workloads mixed: +1.8 MiB when released pages were taken too). */
+     * memory in while resident idle spans elsewhere stay unused (peak RSS,
+     * docs/benchmarks.md, "Design choices"). */
     if (next != NULL && next->base == span_end(s) && next->npages >= extra &&
         released_in(next, next->base, extra) == 0) {
         free_lists_remove(next);
@@ -704,7 +592,7 @@ bool sa_mheap_grow_large(struct sa_span *s, size_t npages)
 /* ---- Freeing */
 
 /* Return span s to the free structures, idle since idle_since (ns). */
-static void free_locked_since(struct sa_span *s, uint64_t idle_since)
+void sa_mheap_free_locked_since(struct sa_span *s, uint64_t idle_since)
 {
     counters.inuse_pages -= s->npages;
     if (s->state == SA_SPAN_SMALL && s->npages > 2) /* large spans map only their edges */
@@ -719,9 +607,9 @@ static void free_locked_since(struct sa_span *s, uint64_t idle_since)
     coalesce_and_insert(s);
 }
 
-static void free_locked(struct sa_span *s)
+void sa_mheap_free_locked(struct sa_span *s)
 {
-    free_locked_since(s, coarse_now_locked());
+    sa_mheap_free_locked_since(s, sa_mheap_now_locked());
 }
 
 /* SPANALLOC_IDLE_LIMIT: resident idle memory is kept at most pct% of the
@@ -731,7 +619,7 @@ static void free_locked(struct sa_span *s)
  * every free.  Heap lock held. */
 #define SA_IDLE_LIMIT_FLOOR_PAGES 512 /* 4 MiB */
 
-static uint64_t idle_excess_locked(void)
+uint64_t sa_mheap_idle_excess_locked(void)
 {
     uint32_t pct = sa_options.idle_limit_pct;
     if (pct == 0)
@@ -749,84 +637,44 @@ static uint64_t idle_excess_locked(void)
 uint64_t sa_mheap_idle_excess(void)
 {
     pthread_mutex_lock(&heap_lock);
-    uint64_t excess = idle_excess_locked();
+    uint64_t excess = sa_mheap_idle_excess_locked();
     pthread_mutex_unlock(&heap_lock);
     return excess;
 }
 
-/* When the idle limit's next release is due (the oldest idle span reaches
- * SPANALLOC_IDLE_DELAY), or 0 if nothing is over the limit. */
-uint64_t sa_mheap_idle_due_ns(void)
+/* The release policy's view (scavenger/release_policy.c), read under one
+ * hold of the heap lock. */
+bool sa_mheap_oldest_idle(uint64_t *excess, uint64_t *idle_since_ns)
 {
     pthread_mutex_lock(&heap_lock);
-    uint64_t due = 0;
-    if (idle_excess_locked() != 0 && age_first != NULL)
-        due = age_first->idle_since_ns + sa_options.idle_delay_ns + 1;
+    if (excess != NULL)
+        *excess = sa_mheap_idle_excess_locked();
+    bool any = age_first != NULL;
+    if (any)
+        *idle_since_ns = age_first->idle_since_ns;
     pthread_mutex_unlock(&heap_lock);
-    return due;
+    return any;
 }
 
-/* Release the idle limit's excess (at most max_bytes of it) among spans idle
- * for at least SPANALLOC_IDLE_DELAY, oldest first: memory freed and taken
- * again within the delay (a buffer replaced, a block grown) never pays a page
- * fault, while the fragments a churning heap leaves behind go back soon.
- * The scavenger thread runs it when a free hands the excess over. */
-uint64_t sa_mheap_enforce_idle_limit(uint64_t excess)
+void sa_mheap_count_released_inline(uint64_t bytes)
 {
-    if (SA_LIKELY(excess == 0))
-        return 0;
-    uint64_t delay = sa_options.idle_delay_ns;
-    uint64_t cutoff = UINT64_MAX;
-    if (delay != 0) {
-        uint64_t now = sa_os_now_ns();
-        cutoff = now > delay ? now - delay : 0;
-        /* Nothing old enough yet (the common case while over the limit):
-         * skip the release pass, which would also empty the large-span
-         * cache for nothing. */
-        pthread_mutex_lock(&heap_lock);
-        bool aged = age_first != NULL && age_first->idle_since_ns <= cutoff;
-        pthread_mutex_unlock(&heap_lock);
-        if (!aged)
-            return 0;
-    }
-    return sa_mheap_scavenge(cutoff, excess);
-}
-
-/* The freeing thread's share of the release, when no scavenger thread runs
- * to take it: at most SA_INLINE_RELEASE_BYTES per free, so that no free
- * stalls; the limit is reached over the next frees. */
-uint64_t sa_mheap_release_inline(uint64_t excess)
-{
-    uint64_t n = sa_mheap_enforce_idle_limit(excess < SA_INLINE_RELEASE_BYTES ? excess
-                                                                               : SA_INLINE_RELEASE_BYTES);
-    if (n != 0) {
-        pthread_mutex_lock(&heap_lock);
-        counters.released_inline += n;
-        pthread_mutex_unlock(&heap_lock);
-    }
-    return n;
-}
-
-/* The free paths' call: the test stays inline; over the limit, the release
- * is handed to the scavenger. */
-static inline void after_free(uint64_t excess)
-{
-    if (SA_UNLIKELY(excess != 0))
-        sa_hooks_idle_excess(excess);
+    pthread_mutex_lock(&heap_lock);
+    counters.released_inline += bytes;
+    pthread_mutex_unlock(&heap_lock);
 }
 
 void sa_mheap_free(struct sa_span *s)
 {
     pthread_mutex_lock(&heap_lock);
-    free_locked(s);
-    uint64_t excess = idle_excess_locked();
+    sa_mheap_free_locked(s);
+    uint64_t excess = sa_mheap_idle_excess_locked();
     pthread_mutex_unlock(&heap_lock);
-    after_free(excess);
+    sa_mheap_after_free(excess);
 }
 
 /* Heap lock held: count the free of large span s, which must still be in
  * use (a second free racing the first finds it is not, and is reported). */
-static void claim_large_free_locked(struct sa_span *s)
+void sa_mheap_claim_large_free_locked(struct sa_span *s)
 {
     if (s->state != SA_SPAN_LARGE) {
         pthread_mutex_unlock(&heap_lock);
@@ -839,23 +687,11 @@ static void claim_large_free_locked(struct sa_span *s)
 void sa_mheap_free_large(struct sa_span *s)
 {
     pthread_mutex_lock(&heap_lock);
-    claim_large_free_locked(s);
-    free_locked(s);
-    uint64_t excess = idle_excess_locked();
+    sa_mheap_claim_large_free_locked(s);
+    sa_mheap_free_locked(s);
+    uint64_t excess = sa_mheap_idle_excess_locked();
     pthread_mutex_unlock(&heap_lock);
-    after_free(excess);
-}
-
-/* One lock round trip: kept in the cache, or freed to the heap. */
-void sa_mheap_free_large_cached(struct sa_span *s)
-{
-    pthread_mutex_lock(&heap_lock);
-    claim_large_free_locked(s);
-    if (!cache_put_locked(s))
-        free_locked(s);
-    uint64_t excess = idle_excess_locked();
-    pthread_mutex_unlock(&heap_lock);
-    after_free(excess);
+    sa_mheap_after_free(excess);
 }
 
 /* realloc's shrink: the pages of large span s past npages go back to the
@@ -880,10 +716,10 @@ bool sa_mheap_shrink_large(struct sa_span *s, size_t npages)
     tail->state = SA_SPAN_LARGE; /* as freed from use: free_locked counts it out */
     set_large_size(s, npages);
     map_edges(s);
-    free_locked(tail); /* maps its edges over the old last page */
-    uint64_t excess = idle_excess_locked();
+    sa_mheap_free_locked(tail); /* maps its edges over the old last page */
+    uint64_t excess = sa_mheap_idle_excess_locked();
     pthread_mutex_unlock(&heap_lock);
-    after_free(excess);
+    sa_mheap_after_free(excess);
     return true;
 }
 

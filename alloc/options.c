@@ -60,7 +60,9 @@ bool sa_parse_duration(const char *s, uint64_t *ns)
     return true;
 }
 
-/* "10%" (0..1000) or "off" (0). */
+/* SPANALLOC_IDLE_LIMIT's form: "N%" with N from 0 to 1000, or "off" or "0"
+ * (both 0: off).  A bare number other than 0 is refused: "10" might mean a
+ * fraction or bytes. */
 bool sa_parse_percent(const char *s, uint32_t *pct)
 {
     if (strcmp(s, "off") == 0 || strcmp(s, "0") == 0) {

@@ -24,6 +24,8 @@
 #define MADV_FREE 8
 #endif
 
+/* Test hooks: the fault counters are atomics any thread's map decrements;
+ * the clock hook is set by a test while no other thread allocates. */
 _Atomic int sa_os_fail_maps;
 _Atomic int sa_os_fail_maps_after;
 uint64_t (*sa_clock_hook)(void);
@@ -86,9 +88,7 @@ static int overcommit_mode(void)
 {
     static _Atomic int mode = -1;
     static _Atomic uint64_t read_at_ns;
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    uint64_t now = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+    uint64_t now = sa_os_monotonic_ns();
     uint64_t at = atomic_load_explicit(&read_at_ns, memory_order_relaxed);
     if (at != 0 && now - at < 1000000000u)
         return atomic_load_explicit(&mode, memory_order_relaxed);
@@ -166,116 +166,22 @@ void sa_os_random(void *buf, size_t len)
     }
 }
 
-uint64_t sa_os_now_ns(void)
+/* The one reading of the monotonic clock. */
+uint64_t sa_os_monotonic_ns(void)
 {
-    if (sa_clock_hook != NULL)
-        return sa_clock_hook();
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
-/* ---- Background threads and the process's own threads.
- *
- * spanalloc's background threads (the scavenger, the snapshot writer) must
- * not keep a process alive: a program whose main thread calls pthread_exit()
- * (or a child forked from a thread, whose only thread then exits) ends when
- * its last thread does.  Each background thread registers its tid and asks,
- * about once a second, whether any other thread still runs; when none does,
- * it exits.  The check reads /proc with raw system calls (no malloc: the
- * snapshot writer must not allocate). */
-#define SA_MAX_BACKGROUND 4
-static _Atomic pid_t background_tids[SA_MAX_BACKGROUND];
-
-void sa_os_register_background_thread(void)
+uint64_t sa_os_now_ns(void)
 {
-    pid_t me = (pid_t)syscall(SYS_gettid);
-    for (int i = 0; i < SA_MAX_BACKGROUND; i++) {
-        pid_t expected = 0;
-        if (atomic_compare_exchange_strong(&background_tids[i], &expected, me))
-            return;
-    }
+    if (sa_clock_hook != NULL)
+        return sa_clock_hook();
+    return sa_os_monotonic_ns();
 }
 
-void sa_os_unregister_background_thread(void)
-{
-    pid_t me = (pid_t)syscall(SYS_gettid);
-    for (int i = 0; i < SA_MAX_BACKGROUND; i++) {
-        pid_t expected = me;
-        atomic_compare_exchange_strong(&background_tids[i], &expected, 0);
-    }
-}
-
-/* After fork the child has none of the parent's background threads. */
-void sa_os_forget_background_threads(void)
-{
-    for (int i = 0; i < SA_MAX_BACKGROUND; i++)
-        atomic_store(&background_tids[i], 0);
-}
-
-static bool is_background(pid_t tid)
-{
-    for (int i = 0; i < SA_MAX_BACKGROUND; i++)
-        if (atomic_load(&background_tids[i]) == tid)
-            return true;
-    return false;
-}
-
-/* Is thread tid of this process still running (not a zombie)? */
-static bool task_running(pid_t tid)
-{
-    char path[64] = "/proc/self/task/";
-    size_t n = strlen(path);
-    char digits[16];
-    int d = 0;
-    for (pid_t v = tid; v > 0 && d < 15; v /= 10)
-        digits[d++] = (char)('0' + v % 10);
-    while (d > 0)
-        path[n++] = digits[--d];
-    memcpy(path + n, "/stat", 6);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return false;
-    char buf[512];
-    ssize_t got = read(fd, buf, sizeof(buf) - 1);
-    close(fd);
-    if (got <= 0)
-        return false;
-    buf[got] = '\0';
-    const char *paren = strrchr(buf, ')');
-    return paren != NULL && paren[1] == ' ' && paren[2] != 'Z' && paren[2] != 'X';
-}
-
-struct linux_dirent64 {
-    uint64_t d_ino;
-    int64_t d_off;
-    unsigned short d_reclen;
-    unsigned char d_type;
-    char d_name[];
-};
-
-bool sa_os_user_threads_alive(void)
-{
-    int fd = open("/proc/self/task", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd < 0)
-        return true; /* no /proc: assume the program runs */
-    char buf[4096] __attribute__((aligned(8)));
-    bool alive = false;
-    long got;
-    while (!alive && (got = syscall(SYS_getdents64, fd, buf, sizeof(buf))) > 0) {
-        for (long off = 0; off < got && !alive;) {
-            struct linux_dirent64 *e = (struct linux_dirent64 *)(buf + off);
-            off += e->d_reclen;
-            pid_t tid = (pid_t)strtol(e->d_name, NULL, 10);
-            if (tid > 0 && !is_background(tid) && task_running(tid))
-                alive = true;
-        }
-    }
-    close(fd);
-    return alive;
-}
-
-size_t sa_os_page_size_override;
+size_t sa_os_page_size_override; /* test hook, set before the heap is used */
 
 size_t sa_os_page_size(void)
 {

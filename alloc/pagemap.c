@@ -17,10 +17,12 @@
  */
 #include "internal.h"
 
+/* Root entries are written under the heap lock (a leaf is published with a
+ * release store) and read with no lock (acquire) by free() and lookups. */
 _Atomic uintptr_t sa_pagemap_root[SA_ROOT_ENTRIES];
-struct sa_span sa_span_none; /* all zero: state 0, free_limit 0 */
-static uint64_t leaves_sys_bytes;
-static size_t leaves_mapped;
+struct sa_span sa_span_none; /* all zero: state 0, free_limit 0; never written */
+static uint64_t leaves_sys_bytes; /* heap lock */
+static size_t leaves_mapped;      /* heap lock */
 
 static size_t page_in_leaf(uintptr_t addr)
 {
@@ -175,6 +177,42 @@ static inline unsigned bits_set(uint64_t x)
     return (unsigned)((x * 0x0101010101010101ull) >> 56);
 }
 
+/* The one walk over a run's bitmap words: for each word the run touches, a
+ * leaf at a time, visit(leaf, word index, the run's bits in it, the page
+ * of the run those bits start at).  A visit returning false stops the walk
+ * (the walk then returns false).  Always inlined: each caller's visit is a
+ * constant, and becomes straight-line code in its loop. */
+typedef bool (*word_visit)(struct sa_arena_leaf *leaf, size_t word, uint64_t mask,
+                           size_t page, void *ctx);
+
+static inline __attribute__((always_inline)) bool walk_words(uintptr_t base, size_t npages,
+                                                            word_visit visit, void *ctx)
+{
+    size_t index = 0;
+    while (npages > 0) {
+        struct sa_arena_leaf *leaf;
+        size_t first, count = leaf_run(base, npages, &leaf, &first);
+        for (size_t i = first, end = first + count; i < end;) {
+            size_t bit = i & 63, n = (64 - bit) < (end - i) ? 64 - bit : end - i;
+            if (!visit(leaf, i >> 6, run_mask(bit, n), index + (i - first), ctx))
+                return false;
+            i += n;
+        }
+        index += count;
+        base += count << SA_PAGE_SHIFT;
+        npages -= count;
+    }
+    return true;
+}
+
+static inline bool count_word(struct sa_arena_leaf *leaf, size_t word, uint64_t mask,
+                              size_t page, void *total)
+{
+    (void)page;
+    *(size_t *)total += bits_set(leaf->released[word] & mask);
+    return true;
+}
+
 size_t sa_pagemap_count_released(uintptr_t base, size_t npages)
 {
     size_t first_page = page_in_leaf(base);
@@ -182,43 +220,34 @@ size_t sa_pagemap_count_released(uintptr_t base, size_t npages)
         return bits_set(sa_pagemap_leaf(base)->released[first_page >> 6] &
                         run_mask(first_page & 63, npages));
     size_t total = 0;
-    while (npages > 0) {
-        struct sa_arena_leaf *leaf;
-        size_t first, count = leaf_run(base, npages, &leaf, &first);
-        for (size_t i = first, end = first + count; i < end;) {
-            size_t bit = i & 63, n = (64 - bit) < (end - i) ? 64 - bit : end - i;
-            total += bits_set(leaf->released[i >> 6] & run_mask(bit, n));
-            i += n;
-        }
-        base += count << SA_PAGE_SHIFT;
-        npages -= count;
-    }
+    walk_words(base, npages, count_word, &total);
     return total;
 }
 
 enum bit_op { BITS_SET_RELEASED, BITS_SET_ZERO, BITS_CLEAR_BOTH };
 
+static inline bool update_word(struct sa_arena_leaf *leaf, size_t word, uint64_t mask,
+                               size_t page, void *op)
+{
+    (void)page;
+    switch (*(const enum bit_op *)op) {
+    case BITS_SET_RELEASED:
+        leaf->released[word] |= mask;
+        break;
+    case BITS_SET_ZERO:
+        leaf->zero[word] |= mask;
+        break;
+    case BITS_CLEAR_BOTH:
+        leaf->released[word] &= ~mask;
+        leaf->zero[word] &= ~mask;
+        break;
+    }
+    return true;
+}
+
 static void update_bits(uintptr_t base, size_t npages, enum bit_op op)
 {
-    while (npages > 0) {
-        struct sa_arena_leaf *leaf;
-        size_t first, count = leaf_run(base, npages, &leaf, &first);
-        for (size_t i = first, end = first + count; i < end;) {
-            size_t bit = i & 63, n = (64 - bit) < (end - i) ? 64 - bit : end - i;
-            uint64_t mask = run_mask(bit, n);
-            if (op == BITS_SET_RELEASED) {
-                leaf->released[i >> 6] |= mask;
-            } else if (op == BITS_SET_ZERO) {
-                leaf->zero[i >> 6] |= mask;
-            } else {
-                leaf->released[i >> 6] &= ~mask;
-                leaf->zero[i >> 6] &= ~mask;
-            }
-            i += n;
-        }
-        base += count << SA_PAGE_SHIFT;
-        npages -= count;
-    }
+    walk_words(base, npages, update_word, &op);
 }
 
 void sa_pagemap_mark_released(uintptr_t base, size_t npages, bool released)
@@ -251,40 +280,31 @@ void sa_pagemap_note_released(uintptr_t base, size_t npages)
         update_bits(zstart, (zend - zstart) >> SA_PAGE_SHIFT, BITS_SET_ZERO);
 }
 
+static inline bool all_zero_word(struct sa_arena_leaf *leaf, size_t word, uint64_t mask,
+                                 size_t page, void *ctx)
+{
+    (void)page, (void)ctx;
+    return (leaf->zero[word] & mask) == mask;
+}
+
 bool sa_pagemap_all_zero(uintptr_t base, size_t npages)
 {
-    while (npages > 0) {
-        struct sa_arena_leaf *leaf;
-        size_t first, count = leaf_run(base, npages, &leaf, &first);
-        for (size_t i = first, end = first + count; i < end;) {
-            size_t bit = i & 63, n = (64 - bit) < (end - i) ? 64 - bit : end - i;
-            uint64_t mask = run_mask(bit, n);
-            if ((leaf->zero[i >> 6] & mask) != mask)
-                return false;
-            i += n;
-        }
-        base += count << SA_PAGE_SHIFT;
-        npages -= count;
-    }
-    return true;
+    return walk_words(base, npages, all_zero_word, NULL);
+}
+
+static inline bool resident_word(struct sa_arena_leaf *leaf, size_t word, uint64_t mask,
+                                 size_t page, void *found)
+{
+    uint64_t resident = ~leaf->released[word] & mask;
+    if (resident == 0)
+        return true;
+    *(size_t *)found = page + (size_t)(__builtin_ctzll(resident) - __builtin_ctzll(mask));
+    return false;
 }
 
 size_t sa_pagemap_first_unreleased(uintptr_t base, size_t npages)
 {
-    size_t index = 0;
-    while (npages > 0) {
-        struct sa_arena_leaf *leaf;
-        size_t first, count = leaf_run(base, npages, &leaf, &first);
-        for (size_t i = first, end = first + count; i < end;) {
-            size_t bit = i & 63, n = (64 - bit) < (end - i) ? 64 - bit : end - i;
-            uint64_t resident = ~leaf->released[i >> 6] & run_mask(bit, n);
-            if (resident)
-                return index + (i - first) + ((size_t)__builtin_ctzll(resident) - bit);
-            i += n;
-        }
-        index += count;
-        base += count << SA_PAGE_SHIFT;
-        npages -= count;
-    }
-    return index;
+    size_t found = npages;
+    walk_words(base, npages, resident_word, &found);
+    return found;
 }

@@ -38,6 +38,12 @@ struct cpu_state {
     uint64_t activity; /* the header words' sum at the last idle check */
 };
 
+/* Ownership: mode is decided once under setup_lock and read with acquire
+ * anywhere after; slabs, table, cpus, ncpus and fence_per_cpu are written
+ * once by that set-up, before mode says PC_ON (which publishes them).  A
+ * CPU's table entry and cpus[].ready are written under setup_lock (its
+ * first use) or drain_lock (a drain), and read by the sections with no lock;
+ * cpus[].activity under drain_lock; cpus_ready is a relaxed counter. */
 static _Atomic int mode;
 static pthread_mutex_t setup_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_mutex_t drain_lock = PTHREAD_MUTEX_INITIALIZER;

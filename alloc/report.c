@@ -100,7 +100,7 @@ struct sa_span *sa_checked_span(const void *ptr, const char *op)
     return s;
 }
 
-void sa_bad_small_free(void *ptr, struct sa_span *s)
+void sa_report_bad_free(void *ptr, struct sa_span *s)
 {
     sa_checked_span(ptr, "free");
     sa_report("free: invalid pointer", ptr, s);

@@ -1,8 +1,8 @@
 /*
  * span.c: span records and the intrusive lists that hold them.
  *
- * Records are fixed-size and come from chunks mapped for metadata only, so
- * no user write can reach them.  They are recycled through a free list and
+ * Records are fixed-size and come from metadata chunks (chunk.c), so no
+ * user write can reach them.  They are recycled through a free list and
  * never unmapped: the page map may still point at a recycled record, and a
  * reader following a stale pointer must find mapped memory.
  * Callers hold the heap lock.
@@ -13,8 +13,8 @@
 
 #define SA_RECORD_CHUNK ((size_t)64 << 10)
 
-static struct sa_span *record_free_list;
-static char *chunk_cursor, *chunk_end;
+static struct sa_span *record_free_list; /* heap lock */
+static struct sa_chunk records;          /* heap lock */
 
 extern struct sa_heap_counters sa_heap_counters_locked; /* mheap.c */
 
@@ -32,16 +32,10 @@ struct sa_span *sa_span_record_new(void)
     if (s != NULL) {
         record_free_list = s->next;
     } else {
-        if (chunk_cursor == NULL || chunk_cursor + sizeof(*s) > chunk_end) {
-            char *chunk = sa_os_map(SA_RECORD_CHUNK, 0);
-            if (chunk == NULL)
-                return NULL;
-            chunk_cursor = chunk;
-            chunk_end = chunk + SA_RECORD_CHUNK;
-            sa_heap_counters_locked.span_records_sys += SA_RECORD_CHUNK;
-        }
-        s = (struct sa_span *)chunk_cursor;
-        chunk_cursor += sizeof(*s);
+        if (!sa_chunk_reserve(&records, sizeof(*s), SA_RECORD_CHUNK))
+            return NULL;
+        sa_heap_counters_locked.span_records_sys = records.mapped;
+        s = sa_chunk_take(&records, sizeof(*s));
     }
     memset(s, 0, sizeof(*s));
     sa_heap_counters_locked.span_records++;
@@ -58,20 +52,11 @@ void sa_span_record_free(struct sa_span *s)
 
 void sa_span_list_push(struct sa_span_list *list, struct sa_span *s)
 {
-    s->prev = NULL;
-    s->next = list->first;
-    if (list->first != NULL)
-        list->first->prev = s;
-    list->first = s;
+    SA_DLIST_PUSH(list->first, s, next, prev);
 }
 
 void sa_span_list_remove(struct sa_span_list *list, struct sa_span *s)
 {
-    if (s->prev != NULL)
-        s->prev->next = s->next;
-    else
-        list->first = s->next;
-    if (s->next != NULL)
-        s->next->prev = s->prev;
+    SA_DLIST_REMOVE(list->first, s, next, prev);
     s->next = s->prev = NULL;
 }

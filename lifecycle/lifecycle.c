@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "../alloc/internal.h"
+#include "../bgthread/bgthread.h"
 #include "../profile/profile.h"
 #include "../scavenger/scavenger.h"
 #include "../stats/stats_internal.h"
@@ -51,6 +52,7 @@ static void fork_parent(void)
 
 static void fork_child(void)
 {
+    sa_bgthread_forget_all(); /* no background thread of the parent's runs here */
     sa_profile_fork_child();
     sa_snapshot_fork_child();
     sa_scavenger_fork_child();

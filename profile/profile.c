@@ -13,7 +13,6 @@
  */
 #include <errno.h>
 #include <fcntl.h>
-#include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,6 +22,7 @@
 #include <unistd.h>
 
 #include "../alloc/internal.h"
+#include "../bgthread/bgthread.h"
 #include "profile_internal.h"
 
 pthread_mutex_t sa_prof_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -195,12 +195,12 @@ void sa_profile_fork_parent(void)
     pthread_mutex_unlock(&sa_prof_lock);
 }
 
-static _Atomic int writer_state; /* 0 none, 1 running */
+static struct sa_bgthread writer_thread; /* the interval writer */
 
 void sa_profile_fork_child(void)
 {
     pthread_mutex_init(&sa_prof_lock, NULL);
-    atomic_store(&writer_state, 0); /* the writer did not survive: restart */
+    sa_bgthread_fork_child(&writer_thread); /* it did not survive: restart */
 }
 
 /* ---- Writing a file: a temporary beside it, then rename */
@@ -305,7 +305,7 @@ int sa_profile_write_option_file(void)
 static void *writer_main(void *arg)
 {
     (void)arg;
-    sa_os_register_background_thread();
+    sa_bgthread_enter();
     uint64_t ns = sa_profile_options.interval_ns;
     for (;;) {
         /* Wake at least once a second: when the program's own threads are
@@ -316,9 +316,8 @@ static void *writer_main(void *arg)
             struct timespec ts = {(time_t)(step / 1000000000ull), (long)(step % 1000000000ull)};
             nanosleep(&ts, NULL);
             left -= step;
-            if (!sa_os_user_threads_alive()) {
-                atomic_store(&writer_state, 0);
-                sa_os_unregister_background_thread();
+            if (sa_bgthread_orphaned()) {
+                sa_bgthread_leave(&writer_thread);
                 return NULL;
             }
         }
@@ -332,18 +331,8 @@ void sa_prof_after_sample(void)
 {
     if (SA_LIKELY(sa_profile_options.interval_ns == 0 || file_template[0] == '\0'))
         return;
-    int expected = 0;
-    if (!atomic_compare_exchange_strong(&writer_state, &expected, 1))
-        return;
-    sigset_t all, old;
-    sigfillset(&all);
-    pthread_sigmask(SIG_SETMASK, &all, &old);
-    pthread_t tid;
-    if (pthread_create(&tid, NULL, writer_main, NULL) == 0)
-        pthread_detach(tid);
-    else
-        atomic_store(&writer_state, 0);
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (sa_bgthread_claim(&writer_thread))
+        sa_bgthread_spawn(&writer_thread, writer_main);
 }
 
 /* ---- The leak report: the sampled sites still live, biggest first */

@@ -21,24 +21,28 @@
  * The mheap does the releasing in bounded chunks without its lock held; this
  * file decides when and how much.
  */
-#include <signal.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "../alloc/internal.h"
+#include "../bgthread/bgthread.h"
 #include "scavenger.h"
 
 #define NS_PER_S 1000000000ull
 #define MAX_PERIOD_NS (5 * NS_PER_S)
 #define MIN_PERIOD_NS 1000000ull
 
-enum { SCAV_OFF = 0, SCAV_RUNNING, SCAV_START_IN_CHILD };
-
+/* scav_lock guards only the thread's sleep on scav_wake (a wake-up is
+ * signalled under it); scav_wake is initialised by the thread's starter
+ * before the thread exists.  The rest are atomics, read and written with no
+ * lock: memory_limit by any thread (spanalloc_set_memory_limit, loaded once
+ * from the option: limit_loaded), num_scavenges by the cycle's thread,
+ * num_forced by free_os_memory's callers. */
 static pthread_mutex_t scav_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t scav_wake;
-static _Atomic int scav_state;
+static struct sa_bgthread scav_thread; /* see bgthread.h */
 static _Atomic uint64_t memory_limit;
 static _Atomic uint64_t num_scavenges, num_forced;
 static _Atomic bool limit_loaded;
@@ -122,13 +126,6 @@ uint64_t sa_scavenger_cycle(void)
     return released;
 }
 
-static uint64_t mono_now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * NS_PER_S + (uint64_t)ts.tv_nsec;
-}
-
 /* The idle limit's pass for a free that handed it over.  Returns when the
  * thread must look again (ns, sa_os_now_ns's clock), or 0: nothing is over
  * the limit, and the next free that crosses it wakes the thread again. */
@@ -150,15 +147,15 @@ static uint64_t idle_pass(void)
 /* Sleep until the next cycle or the idle limit's next release is due,
  * waking at least once a second to refresh the heap's coarse clock and to
  * see whether the program's own threads are all gone (then this thread
- * exits, so that it never keeps a process alive; see alloc/os.c). */
+ * exits, so that it never keeps a process alive; see bgthread/). */
 static void *scavenger_main(void *arg)
 {
     (void)arg;
-    sa_os_register_background_thread();
-    uint64_t next_cycle = mono_now_ns() + period_ns();
+    sa_bgthread_enter();
+    uint64_t next_cycle = sa_os_monotonic_ns() + period_ns();
     uint64_t idle_due = 0; /* mono clock; 0: no pass owed */
     for (;;) {
-        uint64_t now = mono_now_ns();
+        uint64_t now = sa_os_monotonic_ns();
         uint64_t wake = next_cycle < now + NS_PER_S ? next_cycle : now + NS_PER_S;
         if (idle_due != 0 && idle_due < wake)
             wake = idle_due;
@@ -167,10 +164,10 @@ static void *scavenger_main(void *arg)
         if (!atomic_load(&idle_armed) || idle_due != 0)
             pthread_cond_timedwait(&scav_wake, &scav_lock, &deadline);
         pthread_mutex_unlock(&scav_lock);
-        if (!sa_os_user_threads_alive())
+        if (sa_bgthread_orphaned())
             break;
         sa_mheap_clock_tick();
-        now = mono_now_ns();
+        now = sa_os_monotonic_ns();
         if (atomic_load(&idle_armed) && (idle_due == 0 || now >= idle_due)) {
             uint64_t due = idle_pass();
             uint64_t heap_now = sa_os_now_ns();
@@ -179,19 +176,18 @@ static void *scavenger_main(void *arg)
             uint64_t wait = due > heap_now + MIN_PERIOD_NS ? due - heap_now : MIN_PERIOD_NS;
             idle_due = due == 0 ? 0 : now + wait;
         }
-        if (mono_now_ns() >= next_cycle) {
+        if (sa_os_monotonic_ns() >= next_cycle) {
             sa_scavenger_cycle();
-            next_cycle = mono_now_ns() + period_ns();
+            next_cycle = sa_os_monotonic_ns() + period_ns();
         }
     }
-    atomic_store(&scav_state, SCAV_OFF);
-    sa_os_unregister_background_thread();
+    sa_bgthread_leave(&scav_thread);
     return NULL;
 }
 
 void sa_scavenger_idle_excess(uint64_t excess)
 {
-    if (atomic_load_explicit(&scav_state, memory_order_acquire) != SCAV_RUNNING) {
+    if (!sa_bgthread_running(&scav_thread)) {
         sa_mheap_release_inline(excess);
         return;
     }
@@ -210,16 +206,7 @@ static void start_thread(void)
     pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
     pthread_cond_init(&scav_wake, &attr);
     pthread_condattr_destroy(&attr);
-    /* The thread must take none of the program's signals. */
-    sigset_t all, old;
-    sigfillset(&all);
-    pthread_sigmask(SIG_SETMASK, &all, &old);
-    pthread_t tid;
-    if (pthread_create(&tid, NULL, scavenger_main, NULL) == 0)
-        pthread_detach(tid);
-    else
-        atomic_store(&scav_state, SCAV_OFF); /* try again at the next growth */
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    sa_bgthread_spawn(&scav_thread, scavenger_main); /* if not, again at the next growth */
 }
 
 static void load_limit_once(void)
@@ -233,11 +220,7 @@ static void load_limit_once(void)
 void sa_scavenger_on_grow(void)
 {
     load_limit_once();
-    int expected = SCAV_OFF;
-    if (sa_options.scavenger_enabled &&
-        (atomic_compare_exchange_strong(&scav_state, &expected, SCAV_RUNNING) ||
-         (expected == SCAV_START_IN_CHILD &&
-          atomic_compare_exchange_strong(&scav_state, &expected, SCAV_RUNNING))))
+    if (sa_options.scavenger_enabled && sa_bgthread_claim(&scav_thread))
         start_thread();
     enforce_limit();
 }
@@ -257,14 +240,12 @@ void sa_scavenger_fork_parent(void)
 void sa_scavenger_fork_child(void)
 {
     pthread_mutex_init(&scav_lock, NULL);
-    sa_os_forget_background_threads();
-    if (atomic_load(&scav_state) == SCAV_RUNNING)
-        atomic_store(&scav_state, SCAV_START_IN_CHILD);
+    sa_bgthread_fork_child(&scav_thread);
 }
 
 bool sa_scavenger_running(void)
 {
-    return atomic_load(&scav_state) == SCAV_RUNNING;
+    return sa_bgthread_running(&scav_thread);
 }
 
 void sa_scavenger_counters(uint64_t *cycles, uint64_t *forced)

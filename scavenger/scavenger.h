@@ -21,4 +21,15 @@ void sa_scavenger_fork_prepare(void);
 void sa_scavenger_fork_parent(void);
 void sa_scavenger_fork_child(void);
 
+/* ---- The idle limit's release policy (scavenger/release_policy.c) */
+/* Release the idle limit's excess among spans idle for SPANALLOC_IDLE_DELAY. */
+uint64_t sa_mheap_enforce_idle_limit(uint64_t excess);
+/* A freeing thread's own release when no scavenger thread takes the excess:
+ * at most SA_INLINE_RELEASE_BYTES. */
+#define SA_INLINE_RELEASE_BYTES ((uint64_t)256 << 10)
+uint64_t sa_mheap_release_inline(uint64_t excess);
+/* When the idle limit's next release is due (ns, sa_os_now_ns's clock), 0 if
+ * nothing is over the limit. */
+uint64_t sa_mheap_idle_due_ns(void);
+
 #endif

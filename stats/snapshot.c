@@ -25,12 +25,12 @@
  */
 #include <errno.h>
 #include <fcntl.h>
-#include <signal.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "../alloc/internal.h"
+#include "../bgthread/bgthread.h"
 #include "snapshot_format.h"
 #include "stats_internal.h"
 
@@ -39,9 +39,10 @@
 #define MIN_INTERVAL_NS (10 * NS_PER_MS)
 #define EXIT_WAIT_NS (1 * NS_PER_S) /* longest the exiting thread waits */
 
-enum { SNAP_OFF = 0, SNAP_RUNNING, SNAP_START_IN_CHILD };
-
-static _Atomic int snap_state;
+static struct sa_bgthread snap_thread; /* see bgthread.h */
+/* snap_lock guards the exit hand-over (final_request, final_done) and the
+ * writer's sleep on snap_wake; both conditions are initialised before the
+ * writer starts (and again in a forked child, single-threaded). */
 static pthread_mutex_t snap_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t snap_wake = PTHREAD_COND_INITIALIZER; /* CLOCK_MONOTONIC once started */
 static pthread_cond_t snap_done = PTHREAD_COND_INITIALIZER;
@@ -53,13 +54,6 @@ static char path_out[sizeof(path_template) + 64];
 static char path_tmp[sizeof(path_out) + 32];
 static char proc_buf[4096];
 static char out_buf[64 * 1024]; /* JSON ~7 KiB, Prometheus ~20 KiB */
-
-static uint64_t mono_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * NS_PER_S + (uint64_t)ts.tv_nsec;
-}
 
 static struct timespec to_timespec(uint64_t ns)
 {
@@ -93,17 +87,9 @@ static size_t read_small_file(const char *path)
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
         return 0;
-    size_t len = 0;
-    while (len < sizeof(proc_buf) - 1) {
-        ssize_t n = read(fd, proc_buf + len, sizeof(proc_buf) - 1 - len);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            break;
-        len += (size_t)n;
-    }
+    bool more;
+    size_t len = sa_read_until_full(fd, proc_buf, sizeof(proc_buf), &more);
     close(fd);
-    proc_buf[len] = '\0';
     return len;
 }
 
@@ -241,19 +227,19 @@ static void write_snapshot(void)
 static void *writer_main(void *arg)
 {
     (void)arg;
-    sa_os_register_background_thread();
-    uint64_t next = mono_ns(); /* the first snapshot at once */
+    sa_bgthread_enter();
+    uint64_t next = sa_os_monotonic_ns(); /* the first snapshot at once */
     for (;;) {
         pthread_mutex_lock(&snap_lock);
         bool orphaned = false;
-        while (!final_request && mono_ns() < next) {
+        while (!final_request && sa_os_monotonic_ns() < next) {
             /* Wake at least once a second: when the program's own threads
              * are all gone, this thread must not keep the process alive. */
-            uint64_t second = mono_ns() + 1000000000ull;
+            uint64_t second = sa_os_monotonic_ns() + 1000000000ull;
             struct timespec deadline = to_timespec(next < second ? next : second);
             pthread_cond_timedwait(&snap_wake, &snap_lock, &deadline);
             pthread_mutex_unlock(&snap_lock);
-            orphaned = !sa_os_user_threads_alive();
+            orphaned = sa_bgthread_orphaned();
             pthread_mutex_lock(&snap_lock);
             if (orphaned)
                 break;
@@ -261,8 +247,7 @@ static void *writer_main(void *arg)
         bool final = final_request;
         pthread_mutex_unlock(&snap_lock);
         if (orphaned && !final) {
-            atomic_store(&snap_state, SNAP_OFF);
-            sa_os_unregister_background_thread();
+            sa_bgthread_leave(&snap_thread);
             return NULL;
         }
 
@@ -275,7 +260,7 @@ static void *writer_main(void *arg)
             pthread_mutex_unlock(&snap_lock);
             return NULL;
         }
-        uint64_t now = mono_ns();
+        uint64_t now = sa_os_monotonic_ns();
         next += interval_ns();
         if (next <= now) /* fell behind (stopped, suspended): no catch-up burst */
             next = now + interval_ns();
@@ -325,16 +310,7 @@ static bool start_thread(void)
     if (!prepare_path())
         return false;
     init_conditions();
-    /* The thread must take none of the program's signals. */
-    sigset_t all, old;
-    sigfillset(&all);
-    pthread_sigmask(SIG_SETMASK, &all, &old);
-    pthread_t tid;
-    bool ok = pthread_create(&tid, NULL, writer_main, NULL) == 0;
-    if (ok)
-        pthread_detach(tid);
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
-    return ok;
+    return sa_bgthread_spawn(&snap_thread, writer_main);
 }
 
 /* The heap grew (no lock held): start the writer the first time, or again
@@ -343,13 +319,8 @@ void sa_snapshot_on_grow(void)
 {
     if (SA_LIKELY(sa_options.stats_file[0] == '\0') || sa_secure_exec)
         return; /* never a file written on a setuid program's behalf */
-    int expected = SNAP_OFF;
-    if (atomic_compare_exchange_strong(&snap_state, &expected, SNAP_RUNNING) ||
-        (expected == SNAP_START_IN_CHILD &&
-         atomic_compare_exchange_strong(&snap_state, &expected, SNAP_RUNNING))) {
-        if (!start_thread())
-            atomic_store(&snap_state, SNAP_OFF); /* try again at the next growth */
-    }
+    if (sa_bgthread_claim(&snap_thread) && !start_thread())
+        sa_bgthread_unclaim(&snap_thread); /* try again at the next growth */
 }
 
 /* In the child after fork: the writer did not survive; the child's next trip
@@ -359,8 +330,7 @@ void sa_snapshot_fork_child(void)
     pthread_mutex_init(&snap_lock, NULL);
     init_conditions();
     final_request = final_done = false;
-    if (atomic_load(&snap_state) == SNAP_RUNNING)
-        atomic_store(&snap_state, SNAP_START_IN_CHILD);
+    sa_bgthread_fork_child(&snap_thread);
 }
 
 /* At normal exit (exit() or return from main; _exit skips it), ask the
@@ -371,7 +341,7 @@ void sa_snapshot_fork_child(void)
  * EXIT_WAIT_NS; if the writer cannot finish (that lock again), exit goes on. */
 __attribute__((destructor)) static void snapshot_at_exit(void)
 {
-    if (atomic_load(&snap_state) != SNAP_RUNNING)
+    if (!sa_bgthread_running(&snap_thread))
         return;
     /* pthread_mutex_timedlock counts on CLOCK_REALTIME; a clock step during
      * the wait only shortens or lengthens it. */
@@ -379,7 +349,7 @@ __attribute__((destructor)) static void snapshot_at_exit(void)
     clock_gettime(CLOCK_REALTIME, &now_real);
     struct timespec lock_deadline = to_timespec((uint64_t)now_real.tv_sec * NS_PER_S +
                                                 (uint64_t)now_real.tv_nsec + EXIT_WAIT_NS);
-    struct timespec deadline = to_timespec(mono_ns() + EXIT_WAIT_NS);
+    struct timespec deadline = to_timespec(sa_os_monotonic_ns() + EXIT_WAIT_NS);
     if (pthread_mutex_timedlock(&snap_lock, &lock_deadline) != 0)
         return;
     final_request = true;

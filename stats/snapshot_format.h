@@ -1,7 +1,7 @@
 /*
  * snapshot_format.h: what a stats snapshot file holds, shared by the writer
  * inside the allocator (snapshot.c, prometheus.c) and the reader
- * (spanalloc_top.c), so that both agree on every name.
+ * (tools/spanalloc_top.c), so that both agree on every name.
  *
  * A snapshot is struct mem_stats plus a few process figures.  One table
  * below names each scalar three ways: its JSON key (the same keys as
@@ -15,9 +15,12 @@
 #ifndef SPANALLOC_SNAPSHOT_FORMAT_H
 #define SPANALLOC_SNAPSHOT_FORMAT_H
 
+#include <errno.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "spanalloc.h"
 
@@ -160,6 +163,29 @@ static inline void sa_buf_ms_as_seconds(struct sa_buf *b, uint64_t ms)
                     (char)('0' + ms % 10)};
     sa_buf_u64(b, ms / 1000);
     sa_buf_put(b, frac, sizeof(frac));
+}
+
+/* Read a file's bytes into buf[0, cap - 1) until its end, retrying reads a
+ * signal interrupted, and end them with a NUL: the writer's /proc reads
+ * (snapshot.c) and the reader's (tools/spanalloc_top.c) chunk by chunk.
+ * Returns the bytes read; *more says buf filled up before the end. */
+static inline size_t sa_read_until_full(int fd, char *buf, size_t cap, bool *more)
+{
+    size_t len = 0;
+    *more = false;
+    while (len < cap - 1) {
+        ssize_t n = read(fd, buf + len, cap - 1 - len);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0) {
+            buf[len] = '\0';
+            return len;
+        }
+        len += (size_t)n;
+    }
+    buf[len] = '\0';
+    *more = true;
+    return len;
 }
 
 /* The two renderings (snapshot.c, prometheus.c).  `pid_label` adds

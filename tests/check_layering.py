@@ -11,7 +11,12 @@ references, when
     sampled allocation's hooks, documented in docs/design.md);
   - scavenger/ refers to stats/ (stats/ sits above the scavenger and reads
     its counters; not the other way);
-  - scavenger/, stats/ or profile/ refer to lifecycle/.
+  - scavenger/, stats/ or profile/ refer to lifecycle/;
+  - bgthread/ (the background threads' start, fork and liveness, shared by
+    scavenger/, stats/ and profile/) refers to any other folder, or alloc/
+    refers to it (the tiers start no thread).
+lifecycle/ and compat/ (the jemalloc entry points) sit at the top and may
+refer to anything; tools/ (spanalloc-top) is a program outside the library.
 """
 import subprocess
 import sys
@@ -25,7 +30,8 @@ ALLOC_TO_PROFILE = {
     'sa_profile_options',
 }
 FORBIDDEN = {
-    'alloc': {'scavenger', 'stats', 'compat', 'tools', 'lifecycle'},
+    'alloc': {'scavenger', 'stats', 'compat', 'tools', 'lifecycle', 'bgthread'},
+    'bgthread': {'alloc', 'scavenger', 'stats', 'profile', 'compat', 'tools', 'lifecycle'},
     'scavenger': {'stats', 'compat', 'tools', 'lifecycle'},
     'stats': {'compat', 'tools', 'lifecycle'},
     'profile': {'scavenger', 'stats', 'compat', 'tools', 'lifecycle'},

@@ -953,7 +953,7 @@ int main(int argc, char **argv)
     if (argc >= 2 && strcmp(argv[1], "quiet") == 0)
         return child_quiet();
 
-    /* build/tests/test_snapshot -> build/stats/spanalloc-top */
+    /* build/tests/test_snapshot -> build/tools/spanalloc-top */
     const char *top = getenv("SPANALLOC_TOP");
     if (top != NULL) {
         snprintf(top_path, sizeof(top_path), "%s", top);
@@ -962,7 +962,7 @@ int main(int argc, char **argv)
         char *slash = strrchr(top_path, '/');
         if (slash != NULL)
             snprintf(slash, sizeof(top_path) - (size_t)(slash - top_path),
-                     "/../stats/spanalloc-top");
+                     "/../tools/spanalloc-top");
     }
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(json_snapshots_follow_the_heap),

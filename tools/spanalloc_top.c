@@ -17,8 +17,8 @@
  * (pprof_sites.c).
  *
  * This is an ordinary program: it runs on whatever malloc it was started with
- * and uses stdio freely.  The names it reads come from snapshot_format.h, the
- * table the writer uses.
+ * and uses stdio freely.  The names it reads come from
+ * stats/snapshot_format.h, the table the writer uses.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -37,7 +37,7 @@
 #include <unistd.h>
 
 #include "pprof_sites.h"
-#include "snapshot_format.h"
+#include "../stats/snapshot_format.h"
 
 #define HISTORY 256
 #define NCLASS SPANALLOC_NUM_SIZE_CLASSES
@@ -111,6 +111,63 @@ static int class_index(struct reading *r, uint64_t size)
     return r->nclasses;
 }
 
+/* Inside a JSON list or object: skip blanks and commas; true, with *pp past
+ * it, at the closing character `close`. */
+static bool json_at_close(const char **pp, char close)
+{
+    const char *p = skip_ws(*pp);
+    while (*p == ',')
+        p = skip_ws(p + 1);
+    *pp = p + (*p == close);
+    return *p == close;
+}
+
+/* A member's "key" and its colon; *pp then at the value. */
+static bool json_key(const char **pp, const char **key, size_t *klen)
+{
+    const char *p = *pp;
+    if (*p++ != '"')
+        return false;
+    *key = p;
+    while (*p != '"' && *p != '\0')
+        p++;
+    if (*p != '"')
+        return false;
+    *klen = (size_t)(p - *key);
+    p = skip_ws(p + 1);
+    if (*p++ != ':')
+        return false;
+    *pp = skip_ws(p);
+    return true;
+}
+
+/* One {"size","mallocs","frees"} object of "by_size". */
+static bool parse_json_class(const char **pp, struct reading *r)
+{
+    const char *p = *pp;
+    if (*p++ != '{')
+        return false;
+    uint64_t v[3] = {0, 0, 0};
+    static const char *const names[3] = {"size", "mallocs", "frees"};
+    while (!json_at_close(&p, '}')) {
+        const char *k;
+        size_t kl;
+        uint64_t num;
+        if (!json_key(&p, &k, &kl) || !parse_number(p, &p, 1, &num))
+            return false;
+        for (int i = 0; i < 3; i++)
+            if (strlen(names[i]) == kl && memcmp(names[i], k, kl) == 0)
+                v[i] = num;
+    }
+    int c = class_index(r, v[0]);
+    if (c > 0) {
+        r->s.st.by_size[c].mallocs = v[1];
+        r->s.st.by_size[c].frees = v[2];
+    }
+    *pp = p;
+    return true;
+}
+
 /* Our own JSON: an object of "key": number pairs, one string ("version") and
  * "by_size": an array of {"size","mallocs","frees"} objects.  Keys spanalloc
  * does not know are skipped if their value is a number or a string. */
@@ -119,73 +176,17 @@ static bool parse_json(const char *p, struct reading *r)
     p = skip_ws(p);
     if (*p++ != '{')
         return false;
-    for (;;) {
-        p = skip_ws(p);
-        if (*p == '}')
-            return true;
-        if (*p++ != '"')
+    while (!json_at_close(&p, '}')) {
+        const char *key;
+        size_t klen;
+        if (!json_key(&p, &key, &klen))
             return false;
-        const char *key = p;
-        while (*p != '"' && *p != '\0')
-            p++;
-        if (*p != '"')
-            return false;
-        size_t klen = (size_t)(p - key);
-        p = skip_ws(p + 1);
-        if (*p++ != ':')
-            return false;
-        p = skip_ws(p);
         if (klen == 7 && memcmp(key, "by_size", 7) == 0) {
             if (*p++ != '[')
                 return false;
-            for (;;) {
-                p = skip_ws(p);
-                if (*p == ']') {
-                    p++;
-                    break;
-                }
-                if (*p == ',') {
-                    p++;
-                    continue;
-                }
-                if (*p++ != '{')
+            while (!json_at_close(&p, ']'))
+                if (!parse_json_class(&p, r))
                     return false;
-                uint64_t v[3] = {0, 0, 0};
-                static const char *const names[3] = {"size", "mallocs", "frees"};
-                for (;;) {
-                    p = skip_ws(p);
-                    if (*p == '}') {
-                        p++;
-                        break;
-                    }
-                    if (*p == ',') {
-                        p++;
-                        continue;
-                    }
-                    if (*p++ != '"')
-                        return false;
-                    const char *k = p;
-                    while (*p != '"' && *p != '\0')
-                        p++;
-                    if (*p != '"')
-                        return false;
-                    size_t kl = (size_t)(p - k);
-                    p = skip_ws(p + 1);
-                    if (*p++ != ':')
-                        return false;
-                    uint64_t num;
-                    if (!parse_number(skip_ws(p), &p, 1, &num))
-                        return false;
-                    for (int i = 0; i < 3; i++)
-                        if (strlen(names[i]) == kl && memcmp(names[i], k, kl) == 0)
-                            v[i] = num;
-                }
-                int c = class_index(r, v[0]);
-                if (c > 0) {
-                    r->s.st.by_size[c].mallocs = v[1];
-                    r->s.st.by_size[c].frees = v[2];
-                }
-            }
         } else if (*p == '"') {
             for (p++; *p != '"' && *p != '\0'; p++)
                 if (*p == '\\' && p[1] != '\0')
@@ -204,10 +205,8 @@ static bool parse_json(const char *p, struct reading *r)
                     r->has_pid = true;
             }
         }
-        p = skip_ws(p);
-        if (*p == ',')
-            p++;
     }
+    return true;
 }
 
 /* Value of label `name` in `{a="x",b="y"}`, copied to out. */
@@ -303,32 +302,25 @@ static int read_snapshot(const char *path, struct reading *r, char *err, size_t 
     }
     size_t cap = 1 << 16, len = 0;
     char *buf = malloc(cap);
-    for (;;) {
-        if (buf == NULL)
+    bool more = buf != NULL;
+    while (more) { /* the whole file, the buffer doubled while it fills up */
+        len += sa_read_until_full(fd, buf + len, cap - len, &more);
+        if (!more)
             break;
-        if (len + 1 >= cap) {
-            char *nb = realloc(buf, cap * 2);
-            if (nb == NULL) {
-                free(buf);
-                buf = NULL;
-                break;
-            }
-            buf = nb;
-            cap *= 2;
+        char *nb = realloc(buf, cap * 2);
+        if (nb == NULL) {
+            free(buf);
+            buf = NULL;
+            break;
         }
-        ssize_t n = read(fd, buf + len, cap - 1 - len);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            break;
-        len += (size_t)n;
+        buf = nb;
+        cap *= 2;
     }
     close(fd);
     if (buf == NULL) {
         snprintf(err, errcap, "out of memory");
         return -1;
     }
-    buf[len] = '\0';
     const char *p = skip_ws(buf);
     bool ok = *p == '{' ? parse_json(p, r) : parse_prom(p, r);
     free(buf);

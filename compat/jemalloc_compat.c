@@ -160,12 +160,10 @@ SA_EXPORT size_t nallocx(size_t size, int flags)
         return 0;
     if (align <= 16 && size <= SA_MAX_MEDIUM)
         return sa_class_size[sa_size_class(size)];
-    if (align <= SA_PAGE_SIZE && size <= SA_MAX_SMALL) {
-        size_t rounded = (size + align - 1) & ~(align - 1);
-        for (unsigned cls = rounded <= SA_MAX_SMALL ? sa_size_class(rounded) : SA_NUM_CLASSES;
-             cls < SA_NUM_CLASSES; cls++)
-            if (sa_class_size[cls] % align == 0)
-                return sa_class_size[cls];
+    if (align <= SA_PAGE_SIZE) { /* the class malloc.c's aligned path takes, if any */
+        unsigned cls = sa_aligned_class(size, align);
+        if (cls != 0)
+            return sa_class_size[cls];
     }
     size_t pages = (size + SA_PAGE_SIZE - 1) >> SA_PAGE_SHIFT;
     return (pages ? pages : 1) << SA_PAGE_SHIFT;

@@ -132,6 +132,18 @@ static bool field(struct bytes *b, unsigned *num, struct bytes *sub, uint64_t *v
     return false;
 }
 
+/* The varint fields 1..count of a message, into out[0..count) (others are
+ * skipped; a field absent stays 0). */
+static void varint_fields(struct bytes msg, uint64_t *out, unsigned count)
+{
+    unsigned num;
+    uint64_t v;
+    memset(out, 0, count * sizeof(*out));
+    while (msg.n > 0 && field(&msg, &num, &(struct bytes){0}, &v))
+        if (num >= 1 && num <= count)
+            out[num - 1] = v;
+}
+
 struct mapping { uint64_t id, start, limit, offset, file; };
 struct location { uint64_t id, mapping, address; };
 struct sample { uint64_t leaf; int64_t objects, bytes; };
@@ -240,22 +252,14 @@ int pprof_top_sites(const char *path, struct pprof_site *sites, int n, int64_t *
             strs[ns++] = sub;
         } else if (num == 3) {
             GROW(maps, nm, cm);
-            struct mapping m = {0};
-            while (sub.n > 0 && field(&sub, &num, &(struct bytes){0}, &v))
-                if (num == 1) m.id = v;
-                else if (num == 2) m.start = v;
-                else if (num == 3) m.limit = v;
-                else if (num == 4) m.offset = v;
-                else if (num == 5) m.file = v;
-            maps[nm++] = m;
+            uint64_t f[5]; /* Mapping: id, memory_start, memory_limit, file_offset, filename */
+            varint_fields(sub, f, 5);
+            maps[nm++] = (struct mapping){f[0], f[1], f[2], f[3], f[4]};
         } else if (num == 4) {
             GROW(locs, nl, cl);
-            struct location l = {0};
-            while (sub.n > 0 && field(&sub, &num, &(struct bytes){0}, &v))
-                if (num == 1) l.id = v;
-                else if (num == 2) l.mapping = v;
-                else if (num == 3) l.address = v;
-            locs[nl++] = l;
+            uint64_t f[3]; /* Location: id, mapping_id, address */
+            varint_fields(sub, f, 3);
+            locs[nl++] = (struct location){f[0], f[1], f[2]};
         } else if (num == 2) {
             GROW(samples, nsm, csm);
             struct sample s = {0};
