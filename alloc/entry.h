@@ -20,7 +20,7 @@ static inline void *sa_malloc_unsampled(size_t size)
 {
     size_t list_off;
     if (SA_LIKELY(size <= SA_DIRECT_MAX))
-        list_off = sa_direct_size_to_list[size];
+        list_off = sa_table_size_index(sa_tls.table)[size];
     else if (SA_LIKELY(size <= SA_MAX_SMALL))
         list_off = sa_size_list_offset(size);
     else

@@ -36,7 +36,8 @@ static size_t large_cache_pages;
 static struct sa_span *cache_remove(unsigned i)
 {
     struct sa_span *s = large_cache[i];
-    memmove(&large_cache[i], &large_cache[i + 1], (large_cache_n - i - 1) * sizeof(large_cache[0]));
+    for (unsigned j = i + 1; j < large_cache_n; j++) /* usually none: the newest is taken */
+        large_cache[j - 1] = large_cache[j];
     large_cache_n--;
     large_cache_pages -= s->npages;
     return s;

@@ -45,18 +45,32 @@ enum tls_state { TLS_NONE = 0, TLS_CREATING, TLS_ACTIVE, TLS_PERCPU, TLS_DEAD };
 
 struct sa_rseq_view sa_fake_rseq; /* cpu 0 forever; rseq_cs written, never read */
 const struct sa_slab_class sa_zero_slab[SA_NUM_CLASSES]; /* every operation fails */
-char *const sa_zero_table[1] = {(char *)sa_zero_slab};
+#define LIST_OFFSET(cls) ((cls) << SA_LIST_SHIFT)
+const struct sa_zero_table sa_zero_table = {{SA_DIRECT_SIZE_TO_CLASS(LIST_OFFSET)},
+                                            {(char *)sa_zero_slab}};
+#undef LIST_OFFSET
 __thread struct sa_tls_cache sa_tls __attribute__((tls_model("initial-exec"))) = {
-    &sa_fake_rseq, sa_zero_table};
+    &sa_fake_rseq, sa_zero_table.slab, 0};
 static __thread int tls_state __attribute__((tls_model("initial-exec")));
 static __thread struct sa_thread_cache *tls_record __attribute__((tls_model("initial-exec")));
 
 /* A fallback thread's cache. */
 struct sa_thread_cache {
+    struct sa_size_index sizes; /* what precedes every slab table */
     char *slab; /* also the thread's one-entry slab table */
     struct sa_thread_cache *reg_next, *reg_prev; /* registry lock */
     pthread_t owner;
 };
+
+_Static_assert(offsetof(struct sa_thread_cache, slab) == sizeof(struct sa_size_index),
+               "a slab table follows its size index");
+_Static_assert(offsetof(struct sa_zero_table, slab) == sizeof(struct sa_size_index),
+               "a slab table follows its size index");
+
+void sa_size_index_init(struct sa_size_index *index)
+{
+    memcpy(index->list_off, sa_direct_size_to_list, sizeof(sa_direct_size_to_list));
+}
 
 /* The fallback caches' registry: everything from here to exit_key is under
  * registry_lock unless it says otherwise. */
@@ -223,6 +237,7 @@ static struct sa_thread_cache *record_new(void)
             return NULL;
         char *slab = sa_chunk_take(&slab_chunks, slab_bytes);
         c = sa_chunk_take(&record_chunks, sizeof(*c));
+        sa_size_index_init(&c->sizes);
         c->slab = slab;
     }
     caches_live++;
@@ -251,7 +266,7 @@ static void registry_retire(struct sa_thread_cache *c)
 static void thread_exit(void *arg)
 {
     struct sa_thread_cache *c = arg;
-    sa_tls.table = sa_zero_table;
+    sa_tls.table = sa_zero_table.slab;
     tls_state = TLS_DEAD;
     tls_record = NULL;
     sa_slab_flush_exclusive(c->slab);

@@ -30,6 +30,7 @@
 #include <string.h>
 
 #include "internal.h"
+#include "lock.h"
 #include "mheap_internal.h"
 #include "pagealloc.h"
 
@@ -40,7 +41,7 @@ enum { LIST_NONE = 0, LIST_DIRTY = 1, LIST_CLEAN = 2 };
 /* The heap lock guards everything below and in every free span's record
  * (struct sa_span's free-span fields), the page map's bitmaps and the large
  * cache; the counters are read out under it (sa_mheap_read). */
-static pthread_mutex_t heap_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct sa_lock heap_lock = SA_LOCK_INITIALIZER;
 static struct sa_free_index dirty_set, clean_set; /* heap lock */
 static struct sa_span *age_first, *age_last;      /* heap lock */
 struct sa_heap_counters sa_heap_counters_locked;  /* heap lock (span.c writes its two) */
@@ -48,12 +49,12 @@ struct sa_heap_counters sa_heap_counters_locked;  /* heap lock (span.c writes it
 
 void sa_mheap_lock(void)
 {
-    pthread_mutex_lock(&heap_lock);
+    sa_lock_acquire(&heap_lock);
 }
 
 void sa_mheap_unlock(void)
 {
-    pthread_mutex_unlock(&heap_lock);
+    sa_lock_release(&heap_lock);
 }
 
 /* ---- Spans out for release
@@ -80,7 +81,7 @@ static void coalesce_and_insert(struct sa_span *s);
 
 void sa_mheap_fork_child(void)
 {
-    pthread_mutex_init(&heap_lock, NULL);
+    sa_lock_reset(&heap_lock);
     while (scavenging != NULL) { /* the bitmap still says what was released */
         struct sa_span *s = scavenging;
         scavenging_remove(s);
@@ -537,9 +538,9 @@ struct sa_span *sa_mheap_alloc_locked(size_t npages, size_t align_pages, unsigne
 
 struct sa_span *sa_mheap_alloc(size_t npages, size_t align_pages, unsigned cls, bool *grew)
 {
-    pthread_mutex_lock(&heap_lock);
+    sa_lock_acquire(&heap_lock);
     struct sa_span *s = sa_mheap_alloc_locked(npages, align_pages, cls, grew);
-    pthread_mutex_unlock(&heap_lock);
+    sa_lock_release(&heap_lock);
     return s;
 }
 
@@ -557,7 +558,7 @@ bool sa_mheap_grow_large(struct sa_span *s, size_t npages)
 {
     if (npages > UINT32_MAX)
         return false;
-    pthread_mutex_lock(&heap_lock);
+    sa_lock_acquire(&heap_lock);
     bool grown = false;
     size_t extra = npages > s->npages ? npages - s->npages : 0;
     struct sa_span *next = s->state == SA_SPAN_LARGE && extra > 0 ? free_neighbour(span_end(s)) : NULL;
@@ -585,7 +586,7 @@ bool sa_mheap_grow_large(struct sa_span *s, size_t npages)
             free_lists_insert(next);
         }
     }
-    pthread_mutex_unlock(&heap_lock);
+    sa_lock_release(&heap_lock);
     return grown;
 }
 
@@ -636,9 +637,9 @@ uint64_t sa_mheap_idle_excess_locked(void)
 
 uint64_t sa_mheap_idle_excess(void)
 {
-    pthread_mutex_lock(&heap_lock);
+    sa_lock_acquire(&heap_lock);
     uint64_t excess = sa_mheap_idle_excess_locked();
-    pthread_mutex_unlock(&heap_lock);
+    sa_lock_release(&heap_lock);
     return excess;
 }
 
@@ -646,29 +647,29 @@ uint64_t sa_mheap_idle_excess(void)
  * hold of the heap lock. */
 bool sa_mheap_oldest_idle(uint64_t *excess, uint64_t *idle_since_ns)
 {
-    pthread_mutex_lock(&heap_lock);
+    sa_lock_acquire(&heap_lock);
     if (excess != NULL)
         *excess = sa_mheap_idle_excess_locked();
     bool any = age_first != NULL;
     if (any)
         *idle_since_ns = age_first->idle_since_ns;
-    pthread_mutex_unlock(&heap_lock);
+    sa_lock_release(&heap_lock);
     return any;
 }
 
 void sa_mheap_count_released_inline(uint64_t bytes)
 {
-    pthread_mutex_lock(&heap_lock);
+    sa_lock_acquire(&heap_lock);
     counters.released_inline += bytes;
-    pthread_mutex_unlock(&heap_lock);
+    sa_lock_release(&heap_lock);
 }
 
 void sa_mheap_free(struct sa_span *s)
 {
-    pthread_mutex_lock(&heap_lock);
+    sa_lock_acquire(&heap_lock);
     sa_mheap_free_locked(s);
     uint64_t excess = sa_mheap_idle_excess_locked();
-    pthread_mutex_unlock(&heap_lock);
+    sa_lock_release(&heap_lock);
     sa_mheap_after_free(excess);
 }
 
@@ -677,7 +678,7 @@ void sa_mheap_free(struct sa_span *s)
 void sa_mheap_claim_large_free_locked(struct sa_span *s)
 {
     if (s->state != SA_SPAN_LARGE) {
-        pthread_mutex_unlock(&heap_lock);
+        sa_lock_release(&heap_lock);
         sa_report("free: block already freed (double free)", (void *)s->base, NULL);
     }
     counters.large_frees++;
@@ -686,11 +687,11 @@ void sa_mheap_claim_large_free_locked(struct sa_span *s)
 
 void sa_mheap_free_large(struct sa_span *s)
 {
-    pthread_mutex_lock(&heap_lock);
+    sa_lock_acquire(&heap_lock);
     sa_mheap_claim_large_free_locked(s);
     sa_mheap_free_locked(s);
     uint64_t excess = sa_mheap_idle_excess_locked();
-    pthread_mutex_unlock(&heap_lock);
+    sa_lock_release(&heap_lock);
     sa_mheap_after_free(excess);
 }
 
@@ -701,12 +702,12 @@ bool sa_mheap_shrink_large(struct sa_span *s, size_t npages)
 {
     if (npages == 0)
         return false;
-    pthread_mutex_lock(&heap_lock);
+    sa_lock_acquire(&heap_lock);
     struct sa_span *tail = NULL;
     if (s->state == SA_SPAN_LARGE && npages < s->npages)
         tail = sa_span_record_new();
     if (tail == NULL) {
-        pthread_mutex_unlock(&heap_lock);
+        sa_lock_release(&heap_lock);
         return false;
     }
     size_t cut = s->npages - npages;
@@ -718,7 +719,7 @@ bool sa_mheap_shrink_large(struct sa_span *s, size_t npages)
     map_edges(s);
     sa_mheap_free_locked(tail); /* maps its edges over the old last page */
     uint64_t excess = sa_mheap_idle_excess_locked();
-    pthread_mutex_unlock(&heap_lock);
+    sa_lock_release(&heap_lock);
     sa_mheap_after_free(excess);
     return true;
 }
@@ -760,14 +761,14 @@ uint64_t sa_mheap_scavenge(uint64_t cutoff_ns, uint64_t max_bytes)
     if (max_bytes > 0)
         sa_mheap_flush_large_cache();
     while (released < max_bytes) {
-        pthread_mutex_lock(&heap_lock);
+        sa_lock_acquire(&heap_lock);
         struct sa_span *s = detach_scavenge_chunk(cutoff_ns, pages_left(max_bytes, released));
-        pthread_mutex_unlock(&heap_lock);
+        sa_lock_release(&heap_lock);
         if (s == NULL)
             break;
         /* The span is ours alone now: release it without the lock. */
         bool ok = sa_os_release((void *)s->base, (size_t)s->npages << SA_PAGE_SHIFT);
-        pthread_mutex_lock(&heap_lock);
+        sa_lock_acquire(&heap_lock);
         if (ok) {
             uint32_t newly = s->npages -
                              (uint32_t)sa_pagemap_count_released(s->base, s->npages);
@@ -782,7 +783,7 @@ uint64_t sa_mheap_scavenge(uint64_t cutoff_ns, uint64_t max_bytes)
         scavenging_remove(s);
         s->state = SA_SPAN_FREE;
         coalesce_and_insert(s);
-        pthread_mutex_unlock(&heap_lock);
+        sa_lock_release(&heap_lock);
         if (!ok)
             break; /* the kernel refused: try again next cycle */
     }
@@ -791,10 +792,10 @@ uint64_t sa_mheap_scavenge(uint64_t cutoff_ns, uint64_t max_bytes)
 
 void sa_mheap_read(struct sa_heap_counters *out)
 {
-    pthread_mutex_lock(&heap_lock);
+    sa_lock_acquire(&heap_lock);
     *out = counters;
     out->pagemap_sys = sa_pagemap_sys_bytes();
-    pthread_mutex_unlock(&heap_lock);
+    sa_lock_release(&heap_lock);
 }
 
 /* ---- Verification (tests): every free span indexed where its size and
@@ -874,8 +875,8 @@ static const char *verify_locked(void)
 
 const char *sa_mheap_verify(void)
 {
-    pthread_mutex_lock(&heap_lock);
+    sa_lock_acquire(&heap_lock);
     const char *err = verify_locked();
-    pthread_mutex_unlock(&heap_lock);
+    sa_lock_release(&heap_lock);
     return err;
 }

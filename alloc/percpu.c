@@ -109,7 +109,7 @@ static bool setup(void)
     unsigned n = possible_cpus();
     if (n == 0)
         return false;
-    size_t meta = n * (sizeof(struct cpu_state) + sizeof(char *));
+    size_t meta = sizeof(struct sa_size_index) + n * (sizeof(struct cpu_state) + sizeof(char *));
     char *s = sa_os_map((size_t)n * sa_slab_bytes(), 0);
     char *m = sa_os_map(meta, 0);
     if (s == NULL || m == NULL) {
@@ -120,8 +120,9 @@ static bool setup(void)
         return false;
     }
     slabs = s;
-    table = (char **)m;
-    cpus = (struct cpu_state *)(m + n * sizeof(char *));
+    sa_size_index_init((struct sa_size_index *)m);
+    table = (char **)(m + sizeof(struct sa_size_index));
+    cpus = (struct cpu_state *)((char *)table + n * sizeof(char *));
     for (unsigned i = 0; i < n; i++)
         table[i] = (char *)sa_zero_slab;
     ncpus = n;

@@ -16,7 +16,7 @@
  * CPU not set up yet, or being drained); in the per-thread fallback
  * sa_tls.cpu is a static area whose cpu is always 0 and the table holds the
  * thread's own slab.  Both modes run the same instructions.  A thread starts
- * on the static area and sa_zero_table, whose one slab has every header
+ * on the static area and sa_zero_table.slab, whose one slab has every header
  * zero: every operation fails and takes the slow path, which sets the
  * thread up.
  *
@@ -29,6 +29,7 @@
 #define SPANALLOC_PERCPU_H
 
 #include "internal.h"
+#include "tls.h"
 
 #define SA_SLAB_SHIFT 17 /* the layout keeps a slab within 128 KiB */
 #define SA_SLAB_CUR_MASK ((uint64_t)0xffff)
@@ -42,23 +43,28 @@ struct sa_slab_class {
 };
 _Static_assert(sizeof(struct sa_slab_class) == 1u << SA_LIST_SHIFT, "slab header size");
 
-/* The first words of an rseq area (glibc's struct rseq) that we use. */
-struct sa_rseq_view {
-    uint32_t cpu_id_start;
-    uint32_t cpu_id;
-    uint64_t rseq_cs;
-};
-
-/* Both in one TLS object: in a shared library each initial-exec TLS object
- * costs a load of its offset from the GOT. */
-struct sa_tls_cache {
-    struct sa_rseq_view *cpu;
-    char *const *table; /* slab of cpu c: table[c] */
-};
-extern __thread struct sa_tls_cache sa_tls __attribute__((tls_model("initial-exec")));
 extern struct sa_rseq_view sa_fake_rseq;
 extern const struct sa_slab_class sa_zero_slab[SA_NUM_CLASSES];
-extern char *const sa_zero_table[1];
+
+/* Every slab table (what sa_tls.table points at: the CPU table, a fallback
+ * thread's one entry, the zero table) comes right after a copy of the
+ * size-to-list table of requests up to SA_DIRECT_MAX bytes
+ * (sa_direct_size_to_list), so that malloc finds the list offset from the
+ * table pointer it loads anyway: one load, no table address to form. */
+#define SA_SIZE_INDEX_ENTRIES ((SA_DIRECT_MAX + 1 + 3) & ~(size_t)3) /* whole words */
+struct sa_size_index {
+    uint16_t list_off[SA_SIZE_INDEX_ENTRIES];
+};
+static inline const uint16_t *sa_table_size_index(char *const *table)
+{
+    return (const uint16_t *)(const void *)table - SA_SIZE_INDEX_ENTRIES;
+}
+void sa_size_index_init(struct sa_size_index *index);
+struct sa_zero_table {
+    struct sa_size_index sizes;
+    char *const slab[1];
+};
+extern const struct sa_zero_table sa_zero_table;
 /* What malloc's pop yields when it fails (alloc/mcache.h): two words whose
  * mark check can never pass.  Word 1 is XORed by every failed pop with the
  * same value, so it only ever takes two values, both nonzero. */

@@ -19,7 +19,6 @@
 #include "../alloc/entry.h"
 #include "profile_internal.h"
 
-__thread uint64_t sa_prof_countdown __attribute__((tls_model("initial-exec")));
 static __thread uint64_t rng_state __attribute__((tls_model("initial-exec")));
 static __thread bool in_profiler __attribute__((tls_model("initial-exec")));
 
@@ -63,7 +62,7 @@ void sa_sampler_reseed(uint64_t seed)
 {
     rng_state = seed | 1;
     uint64_t rate = sa_profile_options.rate;
-    sa_prof_countdown = rate ? draw_budget(rate) : NO_SAMPLE_BUDGET;
+    sa_tls.prof_countdown = rate ? draw_budget(rate) : NO_SAMPLE_BUDGET;
 }
 
 /* The usable size the block would have had unsampled, and its class. */
@@ -98,7 +97,7 @@ void *sa_profile_malloc(size_t size, size_t align)
     uint64_t rate = atomic_load_explicit((_Atomic uint64_t *)&sa_profile_options.rate,
                                          memory_order_relaxed);
     if (rate == 0) {
-        sa_prof_countdown = NO_SAMPLE_BUDGET;
+        sa_tls.prof_countdown = NO_SAMPLE_BUDGET;
         return sa_malloc_plain(size, align);
     }
     bool fresh_thread = rng_state == 0;
@@ -107,12 +106,12 @@ void *sa_profile_malloc(size_t size, size_t align)
         /* The thread's first budget: this allocation is sampled only if it
          * exceeds the draw, like any other. */
         if (budget > size) {
-            sa_prof_countdown = budget - size;
+            sa_tls.prof_countdown = budget - size;
             return sa_malloc_plain(size, align);
         }
         budget = draw_budget(rate);
     }
-    sa_prof_countdown = budget;
+    sa_tls.prof_countdown = budget;
     /* The unwinder or the record may allocate through us (it should not;
      * if it does, that allocation is not sampled). */
     if (in_profiler || atomic_load_explicit(&sa_init_state, memory_order_acquire) != 2)

@@ -21,13 +21,15 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "tls.h"
+
 struct sa_span;
 
-/* Bytes left before this thread's next sample, as a signed value in an
+/* Bytes left before this thread's next sample (sa_tls.prof_countdown, in
+ * the TLS object the cache's fast path reads too), as a signed value in an
  * unsigned word (unsigned wrap is defined; a huge failing request cannot
  * cause signed overflow).  0 in a new thread: its first allocation goes out
  * of line and draws the thread's first budget. */
-extern __thread uint64_t sa_prof_countdown __attribute__((tls_model("initial-exec")));
 
 /* Out of line: the countdown went below zero.  Draws the next budget,
  * samples the allocation if the profile is on, and allocates it (sampled or
@@ -41,7 +43,7 @@ static inline int sa_profile_tick(size_t size)
     (void)size;
     return 0;
 #else
-    return (int64_t)(sa_prof_countdown -= size) < 0;
+    return (int64_t)(sa_tls.prof_countdown -= size) < 0;
 #endif
 }
 

@@ -24,7 +24,7 @@ import sys
 ALLOC_UP_OK = {'lifecycle': {'sa_lifecycle_start'}}
 ALLOC_TO_PROFILE = {
     # malloc.c: the sampler's countdown and the sampled block's hooks
-    'sa_prof_countdown', 'sa_profile_malloc', 'sa_profile_free',
+    'sa_profile_malloc', 'sa_profile_free',
     'sa_profile_is_small', 'sa_profile_usable',
     # options.c: the profile's options are parsed with the others
     'sa_profile_options',
