@@ -82,10 +82,16 @@ static struct sa_chunk slab_chunks;   /* fallback slabs */
 static uint64_t caches_live;
 static _Atomic uint64_t caches_sys_bytes; /* written under the lock, read without by the limit */
 /* Counters of exited threads, folded in at exit (registry lock). */
-static uint64_t exited_mallocs[SA_NUM_CLASSES], exited_frees[SA_NUM_CLASSES];
+static uint64_t exited_mallocs[SA_NUM_CLASSES], exited_arrivals[SA_NUM_CLASSES];
 /* Blocks allocated or freed by threads without a cache (slow path only):
  * relaxed counters, no lock. */
 static _Atomic uint64_t direct_mallocs[SA_NUM_CLASSES], direct_frees[SA_NUM_CLASSES];
+/* Blocks moved onto any slab by refills and off it by flushes: per class
+ * for all slabs together, so that a thread migrating half-way through a
+ * batch needs no bookkeeping (see "Statistics" for the order of updates). */
+static _Atomic uint64_t moved_in[SA_NUM_CLASSES], moved_out[SA_NUM_CLASSES];
+/* The frees each class last reported (registry lock). */
+static uint64_t frees_reported[SA_NUM_CLASSES];
 static pthread_key_t exit_key; /* created once at init, read only after */
 int (*sa_setspecific_hook)(pthread_key_t, const void *); /* test hook, set before threads */
 
@@ -163,7 +169,6 @@ void sa_slab_init(char *slab, bool full_caps)
         h->word = region_base[cls];
         h->begin = region_base[cls];
         h->end = (uint16_t)(region_base[cls] + cap);
-        atomic_store_explicit(&h->moved, 0, memory_order_relaxed);
         h->seen = 0;
     }
 }
@@ -177,7 +182,7 @@ static uint32_t slab_count(const struct sa_slab_class *h, unsigned cls)
 /* mallocs = the 48 bits of the word, extended by what readers saw before:
  * exact as long as a slab is read at least once per 2^48 mallocs of a class
  * (the scavenger's cycles and every read_mem_stats do). */
-void sa_slab_fold(char *slab, uint64_t *mallocs, uint64_t *frees)
+void sa_slab_fold(char *slab, uint64_t *mallocs, uint64_t *arrivals)
 {
     const uint64_t mask48 = ((uint64_t)1 << 48) - 1;
     for (unsigned cls = 1; cls < SA_NUM_CLASSES; cls++) {
@@ -187,7 +192,7 @@ void sa_slab_fold(char *slab, uint64_t *mallocs, uint64_t *frees)
         h->seen = m;
         uint32_t count = (uint32_t)(w & SA_SLAB_CUR_MASK) - region_base[cls];
         mallocs[cls] += m;
-        frees[cls] += (uint64_t)count + m - atomic_load_explicit(&h->moved, memory_order_relaxed);
+        arrivals[cls] += (uint64_t)count + m;
     }
 }
 
@@ -216,7 +221,7 @@ void sa_slab_flush_exclusive(char *slab)
             list = slots[i];
         }
         __atomic_store_n(&h->word, (w & ~SA_SLAB_CUR_MASK) | region_base[cls], __ATOMIC_RELAXED);
-        atomic_fetch_sub_explicit(&h->moved, n, memory_order_relaxed);
+        atomic_fetch_add_explicit(&moved_out[cls], n, memory_order_release); /* after */
         sa_mcentral_release(cls, list);
     }
 }
@@ -253,7 +258,7 @@ static void registry_link(struct sa_thread_cache *c)
  * slab's pages go back to the OS until another thread needs it). */
 static void registry_retire(struct sa_thread_cache *c)
 {
-    sa_slab_fold(c->slab, exited_mallocs, exited_frees);
+    sa_slab_fold(c->slab, exited_mallocs, exited_arrivals);
     SA_DLIST_REMOVE(registry, c, reg_next, reg_prev);
     sa_os_release(c->slab, slab_bytes);
     c->reg_next = record_free_list;
@@ -348,30 +353,6 @@ static void *direct_alloc(unsigned cls)
     return block;
 }
 
-/* Blocks moved in or out, added to the slab they went to; a thread that
- * migrates half-way through a batch spreads it over two slabs. */
-struct moved_tally {
-    char *slab;
-    int64_t n;
-};
-
-static void tally_flush(struct moved_tally *t, size_t off)
-{
-    if (t->slab != NULL && t->n != 0)
-        atomic_fetch_add_explicit(&sa_slab_class_at(t->slab, off)->moved, (uint64_t)t->n,
-                                  memory_order_relaxed);
-    t->n = 0;
-}
-
-static void tally(struct moved_tally *t, size_t off, char *slab, int64_t n)
-{
-    if (slab != t->slab) {
-        tally_flush(t, off);
-        t->slab = slab;
-    }
-    t->n += n;
-}
-
 /* The capacity of a class on the current slab, grown by slow start (only a
  * fallback slab starts below its region's size: CPU slabs start full). */
 static uint32_t class_cap(unsigned cls, bool grow)
@@ -418,20 +399,25 @@ static void *refill(unsigned cls)
     }
     uintptr_t *first = list;
     void *rest = sa_decode_link(first[0]);
-    struct moved_tally t = {NULL, 0};
+    /* Counted before they land (see "Statistics"), uncounted if they don't. */
+    atomic_fetch_add_explicit(&moved_in[cls], got - 1, memory_order_relaxed);
+    atomic_thread_fence(memory_order_release);
+    uint32_t pushed = 0;
     while (rest != NULL) {
         void *next = sa_decode_link(((uintptr_t *)rest)[0]);
         char *slab;
         SA_SLAB_PUSH(off, rest, slab, full);
-        tally(&t, off, slab, 1);
+        (void)slab;
+        pushed++;
         rest = next;
         continue;
     full:
         break;
     }
-    tally_flush(&t, off);
-    if (rest != NULL)
+    if (rest != NULL) {
+        atomic_fetch_sub_explicit(&moved_in[cls], got - 1 - pushed, memory_order_relaxed);
         sa_mcentral_release(cls, rest);
+    }
     first[1] = 0; /* counted by the caller (slow_mallocs): it never was on a slab */
     return first;
 }
@@ -476,19 +462,19 @@ static void flush_batch(unsigned cls, uint32_t n)
     size_t off = (size_t)cls << SA_LIST_SHIFT;
     void *list = NULL;
     uint32_t taken = 0;
-    struct moved_tally t = {NULL, 0};
     while (taken < n) {
         void *block;
         char *slab;
         SA_SLAB_POP(off, -1, block, slab, empty);
-        tally(&t, off, slab, -1);
+        (void)slab;
         check_cached(block);
         sa_block_make_free(block, list);
         list = block;
         taken++;
     }
 empty:
-    tally_flush(&t, off);
+    /* Counted after they left (see "Statistics"). */
+    atomic_fetch_add_explicit(&moved_out[cls], taken, memory_order_release);
     if (list != NULL)
         sa_mcentral_release_batch(cls, list, taken);
 }
@@ -536,22 +522,46 @@ void sa_mcache_scavenge(void)
         sa_percpu_drain_idle();
 }
 
-/* ---- Statistics */
+/* ---- Statistics
+ *
+ * Frees are not counted where they happen (the fast path commits only the
+ * slab's word): per class, frees = direct frees + the slabs' arrivals
+ * (sa_slab_fold) + moved_out - moved_in.  A reader cannot read all of that
+ * at one instant, so the updates are ordered to make every misreading an
+ * undercount: a refill adds to moved_in before its pushes (a reader that
+ * sees a push sees the add: it reads the words first, then moved_in), a
+ * flush adds to moved_out after its pops (a reader that sees the add sees
+ * the pops: it reads moved_out first, then the words).  A batch in flight
+ * thus hides at most its own blocks, and a read while none is in flight is
+ * exact.  Each read then reports at least what the previous one did, so
+ * frees never go back; as no read overcounts, that never hides a real
+ * free for longer than the batch that caused the undercount. */
 
 void sa_mcache_fold_stats(uint64_t *mallocs, uint64_t *frees, uint64_t *inuse,
                           uint64_t *sys_bytes)
 {
+    uint64_t out[SA_NUM_CLASSES], arrivals[SA_NUM_CLASSES];
     pthread_mutex_lock(&registry_lock);
+    for (unsigned cls = 0; cls < SA_NUM_CLASSES; cls++)
+        out[cls] = atomic_load_explicit(&moved_out[cls], memory_order_acquire);
     for (unsigned cls = 0; cls < SA_NUM_CLASSES; cls++) {
         mallocs[cls] = exited_mallocs[cls] +
                        atomic_load_explicit(&direct_mallocs[cls], memory_order_relaxed) +
                        atomic_load_explicit(&slow_mallocs[cls], memory_order_relaxed);
-        frees[cls] = exited_frees[cls] +
-                     atomic_load_explicit(&direct_frees[cls], memory_order_relaxed);
+        arrivals[cls] = exited_arrivals[cls];
     }
     for (struct sa_thread_cache *c = registry; c != NULL; c = c->reg_next)
-        sa_slab_fold(c->slab, mallocs, frees);
-    sa_percpu_fold_stats(mallocs, frees);
+        sa_slab_fold(c->slab, mallocs, arrivals);
+    sa_percpu_fold_stats(mallocs, arrivals);
+    atomic_thread_fence(memory_order_acquire);
+    for (unsigned cls = 0; cls < SA_NUM_CLASSES; cls++) {
+        int64_t counted = (int64_t)(atomic_load_explicit(&direct_frees[cls], memory_order_relaxed) +
+                                    arrivals[cls] + out[cls] -
+                                    atomic_load_explicit(&moved_in[cls], memory_order_relaxed));
+        if (counted > (int64_t)frees_reported[cls])
+            frees_reported[cls] = (uint64_t)counted;
+        frees[cls] = frees_reported[cls];
+    }
     *inuse = caches_live * slab_bytes + sa_percpu_cpus_ready() * slab_bytes;
     *sys_bytes = caches_sys_bytes + sa_percpu_sys_bytes();
     pthread_mutex_unlock(&registry_lock);

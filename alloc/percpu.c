@@ -273,14 +273,21 @@ unsigned sa_percpu_drain_idle(void)
     return drained;
 }
 
-/* Registry lock held (it serialises the readers' `seen` updates). */
-void sa_percpu_fold_stats(uint64_t *mallocs, uint64_t *frees)
+/* Registry lock held (it serialises the readers' `seen` updates).  The
+ * drain lock keeps drains out meanwhile: a drain half done would show as
+ * frees missing (see mcache.c, "Statistics"), even with every thread
+ * stopped. */
+void sa_percpu_fold_stats(uint64_t *mallocs, uint64_t *arrivals)
 {
-    for (unsigned cpu = 0; cpu < sa_percpu_ncpus(); cpu++) {
+    if (sa_percpu_ncpus() == 0)
+        return;
+    pthread_mutex_lock(&drain_lock);
+    for (unsigned cpu = 0; cpu < ncpus; cpu++) {
         char *slab = sa_percpu_slab_of(cpu);
         if (slab != NULL)
-            sa_slab_fold(slab, mallocs, frees);
+            sa_slab_fold(slab, mallocs, arrivals);
     }
+    pthread_mutex_unlock(&drain_lock);
 }
 
 /* ---- fork: no drain or set-up may be half done in the child. */

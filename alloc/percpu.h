@@ -38,7 +38,7 @@ struct sa_slab_class {
     uint64_t word;             /* cur | mallocs << 16: committed by the sections */
     uint16_t begin, end;       /* the bounds the sections check */
     uint16_t spare[2];
-    _Atomic uint64_t moved;    /* blocks refilled minus blocks taken out */
+    uint64_t reserved;         /* keeps the header at 32 bytes */
     uint64_t seen;             /* mallocs extended to 64 bits by readers */
 };
 _Static_assert(sizeof(struct sa_slab_class) == 1u << SA_LIST_SHIFT, "slab header size");
@@ -336,7 +336,7 @@ unsigned sa_percpu_cpus_ready(void);
 unsigned sa_percpu_ncpus(void);
 char *sa_percpu_slab_of(unsigned cpu); /* NULL unless set up */
 uint64_t sa_percpu_sys_bytes(void);
-void sa_percpu_fold_stats(uint64_t *mallocs, uint64_t *frees);
+void sa_percpu_fold_stats(uint64_t *mallocs, uint64_t *arrivals); /* sa_slab_fold each */
 void sa_percpu_fork_prepare(void);
 void sa_percpu_fork_parent(void);
 void sa_percpu_fork_child(void);
@@ -347,8 +347,11 @@ size_t sa_slab_bytes(void);               /* one slab, rounded to OS pages */
 void sa_slab_init(char *slab, bool full_caps); /* before the slab is published */
 uint16_t sa_slab_region_base(unsigned cls);
 uint16_t sa_slab_region_cap(unsigned cls);
-/* Fold one slab's counters in; `seen` is updated, so callers serialise. */
-void sa_slab_fold(char *slab, uint64_t *mallocs, uint64_t *frees);
+/* Fold one slab's counters in: per class its mallocs, and its arrivals
+ * (cached blocks + mallocs: the frees pushed there plus the blocks refills
+ * moved in, minus the blocks flushes took out).  `seen` is updated, so
+ * callers serialise. */
+void sa_slab_fold(char *slab, uint64_t *mallocs, uint64_t *arrivals);
 /* Every block of every class back to the mcentrals.  The caller owns the
  * slab exclusively (its thread, or a CPU slab swapped out and fenced). */
 void sa_slab_flush_exclusive(char *slab);

@@ -28,6 +28,7 @@
 
 #include "../alloc/internal.h"
 #include "../bgthread/bgthread.h"
+#include "../profile/profile.h"
 #include "scavenger.h"
 
 #define NS_PER_S 1000000000ull
@@ -58,15 +59,18 @@ static uint64_t period_ns(void)
 }
 
 /* What the soft memory limit counts: the heap's resident pages plus the
- * metadata, as read_mem_stats's sys - heap_released, without taking the
- * cache registry lock (callers may hold an mcentral lock's successor). */
+ * metadata, as read_mem_stats's sys - heap_released (the heap profile's
+ * records included: they are part of other_sys), without taking the cache
+ * registry lock (callers may hold an mcentral lock's successor). */
 static uint64_t limited_bytes(void)
 {
     struct sa_heap_counters h;
+    struct sa_profile_stats prof;
+    sa_profile_read_stats(&prof);
     sa_mheap_read(&h);
     uint64_t released = h.released_pages << SA_PAGE_SHIFT;
     return h.sys_bytes - released + h.span_records_sys + sa_mcache_sys_bytes() +
-           h.pagemap_sys + sa_mcentral_sys_bytes();
+           h.pagemap_sys + sa_mcentral_sys_bytes() + prof.sys_bytes;
 }
 
 static uint64_t enforce_limit(void)

@@ -3,9 +3,11 @@
  *
  * Counting costs the fast path nothing extra: each cache (a CPU's, or a
  * thread's in the fallback) counts mallocs per size class in the word its
- * pop commits, frees are derived from its count, and a read folds them in
- * (sa_mcache_fold_stats), with the counts of exited threads and the heap's
- * own counters.  A read takes the registry lock and the heap lock briefly,
+ * pop commits, frees are derived from its count and the blocks batches
+ * moved, and a read folds them in (sa_mcache_fold_stats), with the counts
+ * of exited threads and the heap's own counters.  The cumulative counters
+ * never go back from one read to the next, while threads allocate too (for
+ * frees, see "Statistics" in alloc/mcache.c).  A read takes the registry lock and the heap lock briefly,
  * never stops another thread, and costs O(CPUs + fallback threads + classes).  Byte figures are
  * derived from counts: heap_alloc = sum over classes of (mallocs - frees) *
  * size, plus the pages of live large objects.  The invariants of

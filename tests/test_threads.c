@@ -3,8 +3,8 @@
  * ends after its share of work and a new one takes its place), allocate,
  * free their own blocks and blocks other threads allocated (through a shared
  * exchange), while a monitor thread loops on read_mem_stats():
- *   - between any two reads, no cumulative counter goes back (frees: see
- *     CHECK_FREES_NEVER_GO_BACK below, a known bug);
+ *   - between any two reads, no cumulative counter goes back (frees and
+ *     the per-class counters included);
  *   - every 64 reads it stops the world (every worker parks at a safe point,
  *     threads that ended are joined, so their caches were flushed), and then
  *     the invariants of docs/api.md hold exactly and heap_objects is the
@@ -171,16 +171,6 @@ static void note(const char *what, unsigned long long a, unsigned long long b)
             note(#field " went back", prev->field, now->field);            \
     } while (0)
 
-/* KNOWN LIBRARY BUG (reported, not fixed here: alloc/ is not this test's to
- * change): a cache's frees are derived as count - moved + mallocs
- * (sa_list_frees), three fields read one by one while the owner updates
- * them, so a read that lands inside a malloc or a batch flush sees frees (in
- * total and per class) go back, by 1 to a few hundred; under TSan's timing
- * this test catches it in most runs.  Set to 1 once read_mem_stats gives a
- * frees count that never goes back. */
-#ifndef CHECK_FREES_NEVER_GO_BACK
-#define CHECK_FREES_NEVER_GO_BACK 0
-#endif
 
 static void check_cumulative(const struct mem_stats *prev, const struct mem_stats *now)
 {
@@ -191,12 +181,10 @@ static void check_cumulative(const struct mem_stats *prev, const struct mem_stat
     NOT_BACK(released_total);
     NOT_BACK(reacquired_total);
     NOT_BACK(madvise_failures);
-    for (int c = 1; c < SPANALLOC_NUM_SIZE_CLASSES; c++)
+    NOT_BACK(frees);
+    for (int c = 1; c < SPANALLOC_NUM_SIZE_CLASSES; c++) {
         NOT_BACK(by_size[c].mallocs);
-    if (CHECK_FREES_NEVER_GO_BACK) {
-        NOT_BACK(frees);
-        for (int c = 1; c < SPANALLOC_NUM_SIZE_CLASSES; c++)
-            NOT_BACK(by_size[c].frees);
+        NOT_BACK(by_size[c].frees);
     }
 }
 
@@ -274,11 +262,6 @@ static void *monitor(void *arg)
 static void counters_and_invariants_hold_with_256_threads(void **state)
 {
     (void)state;
-    /* KNOWN LIBRARY RACE (reported): sa_os_page_size() caches the page size
-     * in a plain static, so the first maps of two threads race on it (TSan
-     * reports it when 64 threads start at once).  One allocation here
-     * caches it before any thread starts: this test is about the stats. */
-    spanalloc_free(spanalloc_malloc(1 << 20));
     baseline = stats_now();
     pthread_t mon;
     assert_int_equal(pthread_create(&mon, NULL, monitor, NULL), 0);

@@ -178,7 +178,9 @@ PY
 # PRELOAD_MALLOC_COUNT), preloaded into a glibc run, counts the allocations
 # the program asks for.  pl_glibc_env sets PL_GLIBC_ENV, the environment of
 # such a run (empty with PRELOAD_PROOF=0); pl_glibc_mallocs prints the count
-# of its main process (the largest of the processes' counts).
+# of its main process (the largest of the processes' counts), or with `sum`
+# the sum over its processes (a forked child's count starts from its
+# parent's, as spanalloc's stats do).
 PL_GLIBC_ENV=()
 pl_glibc_env() {
     PL_GLIBC_ENV=()
@@ -190,8 +192,13 @@ pl_glibc_env() {
 }
 pl_glibc_mallocs() {
     [[ -f "$PL_TMP/glibc.count" ]] || { echo 0; return; }
-    sed -n 's/^malloc_count pid=[0-9]* mallocs=\([0-9]*\)$/\1/p' "$PL_TMP/glibc.count" |
-        sort -n | tail -n 1
+    local counts
+    counts=$(sed -n 's/^malloc_count pid=[0-9]* mallocs=\([0-9]*\)$/\1/p' "$PL_TMP/glibc.count")
+    if [[ "${1:-}" == sum ]]; then
+        awk '{ n += $1 } END { print n + 0 }' <<<"$counts"
+    else
+        sort -n <<<"$counts" | tail -n 1
+    fi
 }
 
 # pl_prove FILE MODE MIN_MALLOCS [REF_MALLOCS]: the stats JSON in FILE
