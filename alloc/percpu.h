@@ -139,26 +139,42 @@ static inline void **sa_slab_slots(char *slab)
     "jmp 2b\n\t"                                                     \
     ".popsection\n\t"
 
-/* Pop the top block of a class; goto `empty` if there is none (or the
- * CPU's slab is not set up, or is being drained).  DELTA is the commit:
- * 0xffff counts a malloc, -1 does not (a block taken back by the slow
- * path).  `slab_out` gets the slab the pop came from. */
-#define SA_SLAB_POP(off_, delta_, result_, slab_out_, empty_)                  \
+/* The one pop section: take the top block of a class (the slot below cur)
+ * and commit with one add of DELTA to the header word.  A pop that cannot
+ * complete (empty class, or the CPU's slab not set up, or being drained)
+ * leaves through STUB, out of line.  FLAG_OUT(fail_) is either
+ * SA_POP_ZF_OUT (`fail_` gets ZF at label 2, which SA_RSEQ_FAIL_STUB sets)
+ * or SA_POP_NO_FLAG (no flag output: one the caller did not use would still
+ * change the compiler's register choice around the section).  `slab_out_`
+ * gets the slab the pop came from.  The two pops below differ only in DELTA,
+ * the stub and the flag. */
+#define SA_POP_ZF_OUT(fail_) , "=@ccz"(fail_)
+#define SA_POP_NO_FLAG(fail_)
+#define SA_SLAB_POP_SECTION(off_, delta_, result_, slab_out_, stub_, flag_out_, fail_) \
     do {                                                                        \
         uintptr_t sa_cur_;                                                      \
-        bool sa_fail_;                                                          \
         __asm__ volatile(SA_RSEQ_PROLOGUE("%[slab]", "%k[slab]")                \
                  "movzwl (%[slab],%[off]), %k[cur]\n\t"                         \
                  "cmpw 8(%[slab],%[off]), %w[cur]\n\t"                          \
                  "jbe 5f\n\t"                                                   \
                  "movq -8(%[slab],%[cur],8), %[res]\n\t"                        \
                  "addq %[d], (%[slab],%[off])\n\t"                              \
-                 SA_RSEQ_EPILOGUE_TO("0b") SA_RSEQ_FAIL_STUB                    \
-                 : [res] "=&a"(result_), [slab] "=&r"(slab_out_), [cur] "=&r"(sa_cur_), \
-                   "=@ccz"(sa_fail_)                                            \
+                 SA_RSEQ_EPILOGUE_TO("0b") stub_                                \
+                 : [res] "=&a"(result_), [slab] "=&r"(slab_out_), [cur] "=&r"(sa_cur_) \
+                   flag_out_(fail_)                                             \
                  : [area] "r"(sa_tls.cpu), [off] "r"((uintptr_t)(off_)),        \
                    [base] "r"(sa_tls.table), [d] "i"(delta_)                    \
-                 : "memory");                                                   \
+                 : "memory", "cc");                                             \
+    } while (0)
+
+/* Pop the top block of a class; goto `empty` if there is none.  DELTA is
+ * the commit: 0xffff counts a malloc, -1 does not (a block taken back by
+ * the slow path). */
+#define SA_SLAB_POP(off_, delta_, result_, slab_out_, empty_)                  \
+    do {                                                                        \
+        bool sa_fail_;                                                          \
+        SA_SLAB_POP_SECTION(off_, delta_, result_, slab_out_, SA_RSEQ_FAIL_STUB, \
+                            SA_POP_ZF_OUT, sa_fail_);                           \
         if (SA_UNLIKELY(sa_fail_))                                              \
             goto empty_;                                                        \
     } while (0)
@@ -167,25 +183,19 @@ static inline void **sa_slab_slots(char *slab)
  * leaves `result` = sa_poison_block instead of setting a flag, so that the
  * caller's mark check (which fails on it) is the only branch: the miss path
  * tells the poison block from a corrupted one. */
+#define SA_RSEQ_POISON_STUB                                          \
+    ".pushsection .text.unlikely.sa_rseq, \"ax\"\n\t"                \
+    "5:\n\t"                                                         \
+    "leaq sa_poison_block(%%rip), %[res]\n\t"                        \
+    "jmp 2b\n\t"                                                     \
+    ".popsection\n\t"
+
 #define SA_SLAB_POP_MALLOC(off_, result_)                                      \
     do {                                                                        \
-        uintptr_t sa_cur_, sa_slab_;                                            \
-        __asm__ volatile(SA_RSEQ_PROLOGUE("%[slab]", "%k[slab]")                \
-                 "movzwl (%[slab],%[off]), %k[cur]\n\t"                         \
-                 "cmpw 8(%[slab],%[off]), %w[cur]\n\t"                          \
-                 "jbe 5f\n\t"                                                   \
-                 "movq -8(%[slab],%[cur],8), %[res]\n\t"                        \
-                 "addq $0xffff, (%[slab],%[off])\n\t"                           \
-                 SA_RSEQ_EPILOGUE_TO("0b")                                      \
-                 ".pushsection .text.unlikely.sa_rseq, \"ax\"\n\t"              \
-                 "5:\n\t"                                                       \
-                 "leaq sa_poison_block(%%rip), %[res]\n\t"                      \
-                 "jmp 2b\n\t"                                                   \
-                 ".popsection\n\t"                                              \
-                 : [res] "=&a"(result_), [slab] "=&r"(sa_slab_), [cur] "=&r"(sa_cur_) \
-                 : [area] "r"(sa_tls.cpu), [off] "r"((uintptr_t)(off_)),        \
-                   [base] "r"(sa_tls.table)                                     \
-                 : "memory", "cc");                                             \
+        uintptr_t sa_slab_;                                                     \
+        SA_SLAB_POP_SECTION(off_, 0xffff, result_, sa_slab_, SA_RSEQ_POISON_STUB, \
+                            SA_POP_NO_FLAG, ~ /* no flag */);                   \
+        (void)sa_slab_;                                                         \
     } while (0)
 
 /* Push a block that already carries its mark (slow paths: refills). */
