@@ -280,12 +280,17 @@ static inline char *sa_slab_current(void)
     return sa_tls.table[sa_tls.cpu->cpu_id_start];
 }
 
+/* Both operations start from the current slab's header of the class:
+ * sa_s_ (the slab), sa_h_ (the header), sa_w_ (its word), sa_cur_. */
+#define SA_SLAB_READ_HEADER(off)                                                \
+    char *sa_s_ = sa_slab_current();                                            \
+    struct sa_slab_class *sa_h_ = sa_slab_class_at(sa_s_, (off));               \
+    uint64_t sa_w_ = SA_PEER_READ(sa_h_->word);                                 \
+    uint16_t sa_cur_ = (uint16_t)(sa_w_ & SA_SLAB_CUR_MASK)
+
 #define SA_SLAB_POP(off, delta, result, slab_out, empty)                       \
     do {                                                                        \
-        char *sa_s_ = sa_slab_current();                                        \
-        struct sa_slab_class *sa_h_ = sa_slab_class_at(sa_s_, (off));           \
-        uint64_t sa_w_ = SA_PEER_READ(sa_h_->word);                             \
-        uint16_t sa_cur_ = (uint16_t)(sa_w_ & SA_SLAB_CUR_MASK);                \
+        SA_SLAB_READ_HEADER(off);                                               \
         if (SA_UNLIKELY(sa_cur_ <= sa_h_->begin))                               \
             goto empty;                                                         \
         (result) = sa_slab_slots(sa_s_)[sa_cur_ - 1];                           \
@@ -295,10 +300,7 @@ static inline char *sa_slab_current(void)
 
 #define SA_SLAB_PUSH_BODY(off, block, slab_out, full, extra)                   \
     do {                                                                        \
-        char *sa_s_ = sa_slab_current();                                        \
-        struct sa_slab_class *sa_h_ = sa_slab_class_at(sa_s_, (off));           \
-        uint64_t sa_w_ = SA_PEER_READ(sa_h_->word);                             \
-        uint16_t sa_cur_ = (uint16_t)(sa_w_ & SA_SLAB_CUR_MASK);                \
+        SA_SLAB_READ_HEADER(off);                                               \
         if (SA_UNLIKELY(sa_cur_ >= sa_h_->end))                                 \
             goto full;                                                          \
         extra;                                                                  \
