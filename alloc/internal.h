@@ -91,8 +91,16 @@ enum sa_span_state {
     SA_SPAN_CACHED,       /* a freed large span kept whole for reuse */
 };
 
+/* Who owns a span record: whoever holds the span.  The heap lock while the
+ * heap has it (free or cached) and whenever the heap hands it out or takes
+ * it back, which is when every field down to free_limit is written; the
+ * releasing thread while it is out for release (SCAVENGING: detached, read
+ * without the lock, written again under it); its class's lock while it is a
+ * small span's (the mcentral fields).  Readers of a published span (free's
+ * checks) take no lock. */
 struct sa_span {
-    /* Read by the free fast path; written before the span is published. */
+    /* Read by the free fast path; written under the heap lock before the
+     * span is published in the page map. */
     uint32_t elem_size;   /* object size (small) or npages*page (large) */
     /* First byte, page aligned; also the address of the span's first object.
      * Stored at offset 4, not on a word boundary: memcheck's leak scan reads
@@ -124,7 +132,8 @@ struct sa_span {
     uint32_t ncarved;     /* objects [0, ncarved) were handed out once */
     void *freelist;       /* returned objects, encoded links */
 
-    /* List links: mcentral partial list, or heap size bucket. */
+    /* List links, under the lock of the list's owner: the class lock (an
+     * mcentral's partial list) or the heap lock (a free-index bucket). */
     struct sa_span *next, *prev;
 
     /* Free spans, under the heap lock. */
@@ -185,7 +194,8 @@ static inline void *sa_chunk_take(struct sa_chunk *c, size_t size)
     return p;
 }
 
-/* Span records come from a fixed-size allocator under the heap lock. */
+/* Span records come from a fixed-size allocator under the heap lock (the
+ * callers hold it). */
 struct sa_span *sa_span_record_new(void);
 void sa_span_record_free(struct sa_span *s);
 /* Test hooks (internal, heap lock): fail that many record allocations after
@@ -323,6 +333,7 @@ uint64_t sa_pagemap_sys_bytes(void);
  *   block is handed out and before its link is followed.  Forging a block
  *   takes both secrets (drawn from getrandom at load).
  */
+/* Written once by the initialising thread (alloc/init.c), read-only after. */
 SA_HIDDEN extern uintptr_t sa_link_key; /* hidden: the fast path loads them PC-relative */
 SA_HIDDEN extern uintptr_t sa_mark_key;
 
@@ -411,7 +422,7 @@ void sa_mcache_fork_prepare(void);
 void sa_mcache_fork_parent(void);
 void sa_mcache_fork_child(void);
 void sa_mcache_thread_init(void);
-/* Test hook (internal): replaces pthread_setspecific when set. */
+/* Test hook (internal, set before threads): replaces pthread_setspecific. */
 SA_HIDDEN extern int (*sa_setspecific_hook)(pthread_key_t, const void *);
 
 /* ---- mcentral (alloc/mcentral.c): per size class, one lock each. */
@@ -422,8 +433,9 @@ void sa_mcentral_release(unsigned cls, void *head);
 void sa_mcentral_release_batch(unsigned cls, void *head, uint32_t count);
 void sa_mcentral_drain_transfer(void); /* every kept batch back to its spans */
 void sa_mcentral_fork_prepare(void);
-/* Test hooks (internal): fork_prepare waits for a chain of empty spans;
- * called between the class lock and the heap when carrying one. */
+/* Test hooks (internal): fork_prepare waits for a chain of empty spans (an
+ * atomic, any thread); called between the class lock and the heap when
+ * carrying one (set before threads). */
 SA_HIDDEN extern _Atomic int sa_mcentral_fork_waiting;
 SA_HIDDEN extern void (*sa_mcentral_chain_hook)(void);
 void sa_mcentral_fork_parent(void);
@@ -504,9 +516,11 @@ uint64_t sa_os_now_ns(void);
 uint64_t sa_os_monotonic_ns(void);
 size_t sa_os_page_size(void);
 bool sa_os_release_zeroes(void); /* released whole OS pages read back zero */
-/* Test hook (internal): pretend the OS page is this big (0: sysconf). */
+/* Test hook (internal, set before the heap is used): pretend the OS page is
+ * this big (0: sysconf). */
 SA_HIDDEN extern size_t sa_os_page_size_override;
-/* Test hooks (internal): fail the next `n` maps; replace the clock. */
+/* Test hooks (internal): fail the next `n` maps (atomics, any thread); replace
+ * the clock (set while no other thread allocates). */
 SA_HIDDEN extern _Atomic int sa_os_fail_maps;
 /* ... after letting this many maps through first. */
 SA_HIDDEN extern _Atomic int sa_os_fail_maps_after;
@@ -526,13 +540,16 @@ struct sa_options {
     char stats_file[4096];      /* SPANALLOC_STATS_FILE, "" = none (%p: pid) */
     uint64_t stats_interval_ns; /* SPANALLOC_STATS_INTERVAL, default 10 s */
 };
+/* Written by the initialising thread before sa_init_state is 2 (and by
+ * tests before they start threads); read with no lock after. */
 extern struct sa_options sa_options;
 /* A secure-execution process (AT_SECURE): options come from secure_getenv,
  * and nothing writes files or prints on an option's say-so. */
-extern bool sa_secure_exec;
-extern bool sa_on_valgrind; /* set at init: caches off, client requests on */
+extern bool sa_secure_exec; /* written once, by the initialising thread */
+extern bool sa_on_valgrind; /* set once at init: caches off, client requests on */
 extern _Atomic int sa_init_state; /* 0 none, -pid running, 2 done */
-/* Test hook (internal): called by the thread that initialises, first. */
+/* Test hook (internal, set before threads): called by the thread that
+ * initialises, first. */
 SA_HIDDEN extern void (*sa_init_pause_hook)(void);
 void sa_init_slow(void);
 static inline void sa_ensure_init(void)

@@ -3,10 +3,10 @@
  * sleepers; Drepper's "Futexes are tricky", mutex 2).
  *
  * A large malloc or free takes the heap lock once; glibc's
- * pthread_mutex_lock and unlock spend about 55 instructions of the ~420 a
- * 1 MiB pair costs on checks of the mutex's type that this lock does not
- * need.  Uncontended it is one compare-exchange to take and one exchange to
- * drop, as glibc's is.  Contended, a thread spins briefly (the holder's
+ * pthread_mutex_lock and unlock spend a sizeable share of a large pair on
+ * checks of the mutex's type (recursive, error-checking, robust) that this
+ * lock does not need.  Uncontended it is one compare-exchange to take and one
+ * exchange to drop, as glibc's is.  Contended, a thread spins briefly (the holder's
  * critical sections are short), then sleeps on the futex.
  */
 #ifndef SPANALLOC_LOCK_H

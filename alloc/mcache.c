@@ -43,7 +43,9 @@
 
 enum tls_state { TLS_NONE = 0, TLS_CREATING, TLS_ACTIVE, TLS_PERCPU, TLS_DEAD };
 
-struct sa_rseq_view sa_fake_rseq; /* cpu 0 forever; rseq_cs written, never read */
+/* Shared by every fallback thread: cpu 0 forever; rseq_cs written by their
+ * sections with no lock (racing stores of descriptors), never read. */
+struct sa_rseq_view sa_fake_rseq;
 const struct sa_slab_class sa_zero_slab[SA_NUM_CLASSES]; /* every operation fails */
 #define LIST_OFFSET(cls) ((cls) << SA_LIST_SHIFT)
 const struct sa_zero_table sa_zero_table = {{SA_DIRECT_SIZE_TO_CLASS(LIST_OFFSET)},
@@ -51,6 +53,7 @@ const struct sa_zero_table sa_zero_table = {{SA_DIRECT_SIZE_TO_CLASS(LIST_OFFSET
 #undef LIST_OFFSET
 __thread struct sa_tls_cache sa_tls __attribute__((tls_model("initial-exec"))) = {
     &sa_fake_rseq, sa_zero_table.slab, 0};
+/* The thread's own (read and written by it only). */
 static __thread int tls_state __attribute__((tls_model("initial-exec")));
 static __thread struct sa_thread_cache *tls_record __attribute__((tls_model("initial-exec")));
 
@@ -422,6 +425,8 @@ static void *refill(unsigned cls)
     return first;
 }
 
+/* Written by every thread's failed pop with no lock (word 1 ^= the same
+ * value: it only ever holds two values, both failing the mark check). */
 uintptr_t sa_poison_block[2] = {0, 1};
 
 void *sa_mcache_alloc_miss(void *block, size_t list_off)
@@ -437,7 +442,8 @@ void *sa_mcache_bad_block(void *block)
               sa_pagemap_lookup((uintptr_t)block));
 }
 
-static _Atomic uint64_t slow_mallocs[SA_NUM_CLASSES]; /* refill's first blocks */
+/* Refill's first blocks: relaxed counters, any thread, no lock. */
+static _Atomic uint64_t slow_mallocs[SA_NUM_CLASSES];
 
 void *sa_mcache_alloc_slow(unsigned cls)
 {

@@ -156,10 +156,10 @@ static struct sa_span *span_put(struct mcentral *c, void *obj)
  * chain counts itself here, under the class lock; fork_prepare, once it
  * holds every class lock (no new chain can start), waits until the count is
  * 0, before it takes the heap lock the carriers need. */
-static _Atomic unsigned chains_out;
-static __thread bool carrying_chain; /* fork from a signal handler in it */
+static _Atomic unsigned chains_out; /* raised under the class lock, lowered with none */
+static __thread bool carrying_chain; /* the thread's own: fork from a signal handler in it */
 _Atomic int sa_mcentral_fork_waiting;  /* test hook: prepare is waiting */
-void (*sa_mcentral_chain_hook)(void); /* test hook: between the two holds */
+void (*sa_mcentral_chain_hook)(void); /* test hook (set before threads): between the two holds */
 
 /* Put a list of free blocks (as the caches hold them) back into their
  * spans, class lock held; returns the spans that became empty, chained

@@ -16,6 +16,8 @@
 /* Spans of an inexact bucket looked at before moving to the next bucket. */
 #define SA_PA_PEEK 4
 
+/* The heap's two indexes (dirty, clean) live in mheap.c: every field under
+ * the heap lock. */
 struct sa_free_index {
     struct sa_span_list bucket[SA_PA_BUCKETS];
     uint64_t nonempty[SA_PA_WORDS];

@@ -39,7 +39,7 @@ struct high_slot {
     _Atomic uintptr_t arena;
     _Atomic uintptr_t bias;
 };
-static struct high_slot high_root[SA_HIGH_SLOTS];
+static struct high_slot high_root[SA_HIGH_SLOTS]; /* written under the heap lock, read with none */
 static size_t high_used; /* heap lock */
 
 static size_t high_hash(uintptr_t arena)

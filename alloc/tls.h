@@ -16,6 +16,9 @@ struct sa_rseq_view {
     uint64_t rseq_cs;
 };
 
+/* Each thread's own: read and written by that thread only (its slow path
+ * points cpu and table at the CPU slabs or at its own slab, and back at the
+ * zero table at its exit; the sampler moves the countdown).  No lock. */
 struct sa_tls_cache {
     struct sa_rseq_view *cpu;
     char *const *table;      /* slab of cpu c: table[c] (alloc/percpu.h) */

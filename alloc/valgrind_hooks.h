@@ -27,8 +27,8 @@ static inline bool sa_under_memcheck(void)
     return VALGRIND_GET_VBITS(&probe, &vbits, 1) == 1;
 }
 #define SA_ON_VALGRIND() sa_under_memcheck()
-/* Only under memcheck: a client request costs about 20 instructions even
- * where no valgrind runs, on every large malloc and free. */
+/* Only under memcheck: a client request is a sequence of instructions that
+ * runs even where no valgrind runs, on every large malloc and free. */
 #define SA_VG_MALLOCLIKE(p, size, zeroed)                                      \
     do {                                                                       \
         if (SA_UNLIKELY(sa_on_valgrind))                                       \
