@@ -184,7 +184,8 @@ static uint32_t slab_count(const struct sa_slab_class *h, unsigned cls)
 
 /* mallocs = the 48 bits of the word, extended by what readers saw before:
  * exact as long as a slab is read at least once per 2^48 mallocs of a class
- * (the scavenger's cycles and every read_mem_stats do). */
+ * (read_mem_stats is the one reader; the scavenger's idle check sums the
+ * words without extending them). */
 void sa_slab_fold(char *slab, uint64_t *mallocs, uint64_t *arrivals)
 {
     const uint64_t mask48 = ((uint64_t)1 << 48) - 1;
