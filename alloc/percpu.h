@@ -34,6 +34,12 @@
 #define SA_SLAB_SHIFT 17 /* the layout keeps a slab within 128 KiB */
 #define SA_SLAB_CUR_MASK ((uint64_t)0xffff)
 
+/* Who writes a header: word, by the sections of the threads on the slab's
+ * CPU (one at a time: the kernel restarts an interrupted one) or, in the
+ * fallback, its one thread, and by a drainer that owns the slab (swapped
+ * out and fenced); read by anyone, relaxed.  begin and end, before the slab
+ * is published (sa_slab_init), and after that only by a fallback slab's own
+ * thread (slow start).  seen, by the readers, under the registry lock. */
 struct sa_slab_class {
     uint64_t word;             /* cur | mallocs << 16: committed by the sections */
     uint16_t begin, end;       /* the bounds the sections check */
