@@ -218,11 +218,12 @@ SA_HIDDEN extern int sa_span_records_fail, sa_span_records_fail_after;
  * nothing in between, so a pointer into a large block's middle finds none.
  */
 struct sa_arena_leaf {
-    _Atomic(struct sa_span *) spans[SA_PAGES_PER_ARENA];
+    _Atomic(struct sa_span *) spans[SA_PAGES_PER_ARENA]; /* written under the heap lock, read with none */
     uint64_t released[SA_PAGES_PER_ARENA / 64]; /* bit per page, heap lock */
     /* Pages whose memory reads as zero: fresh from the kernel, or released
      * with MADV_DONTNEED over whole OS pages, and not used since (a subset
-     * of released).  calloc clears a block unless all of it is here. */
+     * of released).  calloc clears a block unless all of it is here.  Heap
+     * lock. */
     uint64_t zero[SA_PAGES_PER_ARENA / 64];
 };
 
