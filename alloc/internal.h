@@ -439,6 +439,25 @@ void sa_mcentral_fork_prepare(void);
  * carrying one (set before threads). */
 SA_HIDDEN extern _Atomic int sa_mcentral_fork_waiting;
 SA_HIDDEN extern void (*sa_mcentral_chain_hook)(void);
+/* A batch of blocks in the caller's hands between a class lock and a cache
+ * (a refill's or a flush's): begun before the blocks leave the class or
+ * the cache, ended once they are all in one or the other, so that fork
+ * waits for it (mcentral.c, "Moves").  may_wait false: the caller holds a
+ * lock fork takes (the drain lock). */
+struct sa_move {
+    unsigned cls;
+    struct sa_move *outer;
+};
+void sa_mcentral_move_begin(struct sa_move *m, unsigned cls, bool may_wait);
+void sa_mcentral_move_end(struct sa_move *m);
+/* Test hook (internal): called in a move with its blocks in hand. */
+SA_HIDDEN extern void (*sa_mcentral_move_hook)(unsigned cls);
+/* fork's first step: wait for every move, keep new ones out until
+ * fork_parent or fork_child. */
+void sa_mcentral_fork_gate(void);
+/* Blocks of cls out of their spans (in use, cached, parked or in hand);
+ * takes the class lock (tests, diagnostics). */
+uint64_t sa_mcentral_objects_out(unsigned cls);
 void sa_mcentral_fork_parent(void);
 void sa_mcentral_fork_child(void);
 uint64_t sa_mcentral_sys_bytes(void);

@@ -208,16 +208,20 @@ static void check_cached(void *block)
                   sa_pagemap_lookup((uintptr_t)block));
 }
 
-void sa_slab_flush_exclusive(char *slab)
+/* Each class's blocks are in hand from the word's reset to the release: a
+ * move (a fork waits for it). */
+void sa_slab_flush_exclusive(char *slab, bool may_wait)
 {
     void **slots = sa_slab_slots(slab);
     for (unsigned cls = 1; cls < SA_NUM_CLASSES; cls++) {
         struct sa_slab_class *h = sa_slab_class_at(slab, (size_t)cls << SA_LIST_SHIFT);
+        if ((__atomic_load_n(&h->word, __ATOMIC_RELAXED) & SA_SLAB_CUR_MASK) == region_base[cls])
+            continue;
+        struct sa_move move;
+        sa_mcentral_move_begin(&move, cls, may_wait);
         uint64_t w = __atomic_load_n(&h->word, __ATOMIC_RELAXED);
         uint32_t cur = (uint32_t)(w & SA_SLAB_CUR_MASK);
         uint32_t n = cur - region_base[cls];
-        if (n == 0)
-            continue;
         void *list = NULL;
         for (uint32_t i = region_base[cls]; i < cur; i++) {
             check_cached(slots[i]);
@@ -226,7 +230,11 @@ void sa_slab_flush_exclusive(char *slab)
         }
         __atomic_store_n(&h->word, (w & ~SA_SLAB_CUR_MASK) | region_base[cls], __ATOMIC_RELAXED);
         atomic_fetch_add_explicit(&moved_out[cls], n, memory_order_release); /* after */
-        sa_mcentral_release(cls, list);
+        if (SA_UNLIKELY(sa_mcentral_move_hook != NULL))
+            sa_mcentral_move_hook(cls);
+        if (list != NULL)
+            sa_mcentral_release(cls, list);
+        sa_mcentral_move_end(&move);
     }
 }
 
@@ -278,7 +286,7 @@ static void thread_exit(void *arg)
     sa_tls.table = sa_zero_table.slab;
     tls_state = TLS_DEAD;
     tls_record = NULL;
-    sa_slab_flush_exclusive(c->slab);
+    sa_slab_flush_exclusive(c->slab, true);
     pthread_mutex_lock(&registry_lock);
     registry_retire(c);
     pthread_mutex_unlock(&registry_lock);
@@ -396,11 +404,16 @@ static void *refill(unsigned cls)
     uint32_t cap = class_cap(cls, true);
     uint32_t want = cap / 2 > 0 ? cap / 2 + 1 : 1;
     void *list;
+    struct sa_move move; /* from the fill to the last push: a fork waits */
+    sa_mcentral_move_begin(&move, cls, true);
     uint32_t got = sa_mcentral_fill(cls, want, &list);
     if (got == 0) {
+        sa_mcentral_move_end(&move);
         errno = ENOMEM;
         return NULL;
     }
+    if (SA_UNLIKELY(sa_mcentral_move_hook != NULL))
+        sa_mcentral_move_hook(cls);
     uintptr_t *first = list;
     void *rest = sa_decode_link(first[0]);
     /* Counted before they land (see "Statistics"), uncounted if they don't. */
@@ -422,6 +435,7 @@ static void *refill(unsigned cls)
         atomic_fetch_sub_explicit(&moved_in[cls], got - 1 - pushed, memory_order_relaxed);
         sa_mcentral_release(cls, rest);
     }
+    sa_mcentral_move_end(&move);
     first[1] = 0; /* counted by the caller (slow_mallocs): it never was on a slab */
     return first;
 }
@@ -469,6 +483,8 @@ static void flush_batch(unsigned cls, uint32_t n)
     size_t off = (size_t)cls << SA_LIST_SHIFT;
     void *list = NULL;
     uint32_t taken = 0;
+    struct sa_move move; /* from the first pop to the release: a fork waits */
+    sa_mcentral_move_begin(&move, cls, true);
     while (taken < n) {
         void *block;
         char *slab;
@@ -482,8 +498,11 @@ static void flush_batch(unsigned cls, uint32_t n)
 empty:
     /* Counted after they left (see "Statistics"). */
     atomic_fetch_add_explicit(&moved_out[cls], taken, memory_order_release);
+    if (SA_UNLIKELY(sa_mcentral_move_hook != NULL) && list != NULL)
+        sa_mcentral_move_hook(cls);
     if (list != NULL)
         sa_mcentral_release_batch(cls, list, taken);
+    sa_mcentral_move_end(&move);
 }
 
 /* Reached when the push found no room: the class is full, the slab closed
@@ -517,7 +536,7 @@ void sa_mcache_free_slow(void *block, const struct sa_span *s)
 void sa_mcache_flush_current(void)
 {
     if (tls_state == TLS_ACTIVE && tls_record != NULL)
-        sa_slab_flush_exclusive(tls_record->slab);
+        sa_slab_flush_exclusive(tls_record->slab, true);
     if (sa_percpu_enabled())
         sa_percpu_drain_all();
 }
@@ -609,20 +628,25 @@ void sa_mcache_fork_parent(void)
 }
 
 /* In the child only the forking thread survives.  The other threads'
- * fallback slabs are retired without being walked: fork may have caught one
- * of them half-way through a refill or a flush, so what they held (at most
- * sa_mcache_bound_bytes() per thread) stays allocated for the child's
- * lifetime, as glibc's tcache does.  The CPU slabs stay as they are: each
- * section committed whole or not at all, and the child's threads go on
- * using them. */
+ * fallback slabs are whole: no refill or flush was half done at the fork
+ * (mcentral.c, "Moves"), and each push or pop commits with one store of the
+ * slab's word.  Their blocks go back to the mcentrals, as at a thread's
+ * exit, and the slabs are retired.  The registry and the slabs' set-up were
+ * written under the registry lock, which this thread took in prepare (that
+ * acquire orders them on arm64 too); the words and slots of a thread's
+ * last batch, by the release that ended its move, which the gate acquired.
+ * The CPU slabs stay as they are: each section committed whole or not at
+ * all, and the child's threads go on using them. */
 void sa_mcache_fork_child(void)
 {
     pthread_mutex_init(&registry_lock, NULL);
     struct sa_thread_cache *c = registry;
     while (c != NULL) {
         struct sa_thread_cache *next = c->reg_next;
-        if (c != tls_record)
+        if (c != tls_record) {
+            sa_slab_flush_exclusive(c->slab, false);
             registry_retire(c);
+        }
         c = next;
     }
     if (tls_record != NULL)

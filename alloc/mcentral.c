@@ -38,6 +38,11 @@ struct mcentral {
     pthread_mutex_t lock;
     struct sa_span_list partial;
     uint32_t nbatches;
+    /* Blocks of this class in threads' hands between this lock and a cache
+     * (see "Moves"): atomic, no lock; on this line, which a refill has just
+     * taken for the lock anyway. */
+    _Atomic uint32_t moving;
+    uint64_t objects_out; /* blocks out of their spans (the spans' nalloc summed) */
     struct transfer_batch batches[SA_TRANSFER_SLOTS];
 } __attribute__((aligned(64)));
 
@@ -85,6 +90,7 @@ static void *span_take(struct mcentral *c, struct sa_span *s)
         s->ncarved++;
     }
     s->nalloc++;
+    c->objects_out++;
     return obj;
 }
 
@@ -141,6 +147,7 @@ static struct sa_span *span_put(struct mcentral *c, void *obj)
     SA_VG_CLOSE_LINKS(obj);
     s->freelist = obj;
     s->nalloc--;
+    c->objects_out--;
     if (s->nalloc == 0) {
         if (!was_full)
             sa_span_list_remove(&c->partial, s);
@@ -243,6 +250,94 @@ void sa_mcentral_drain_transfer(void)
     }
 }
 
+/* ---- Moves: blocks between a class and a cache.
+ *
+ * A refill holds its batch from the moment fill drops the class lock until
+ * the last block is on a slab (or back here); a flush holds the blocks it
+ * popped until release takes the lock.  In neither window can a forked
+ * child find them.  So each such window is a move, counted in its class's
+ * `moving`, and fork waits for every move to end before it takes any lock
+ * (fork_gate): a mover needs the class lock and the heap lock to finish.
+ * New moves do not start meanwhile: a mover that sees the gate closed
+ * steps back and waits for fork to return, before it holds any block.
+ * Dekker's pattern (each side writes its own word, then reads the other's,
+ * both seq_cst): either the mover sees the gate closed, or the gate sees
+ * the mover's count and waits for it.
+ *
+ * A mover that cannot wait (it holds the drain lock, which fork takes next,
+ * or it is inside another move of its own: a hook starting a thread, a
+ * signal handler) goes through: fork waits for it, and it needs no lock
+ * fork holds.  A thread that forks from inside its own move (a signal
+ * handler) does not wait for itself; what it held is lost to the child.
+ * The cost, per batch: two atomic adds on the class's own line and a load
+ * of the gate; the fast path pays nothing. */
+static _Atomic unsigned gate_closed;          /* forks in their prepare handler */
+static __thread struct sa_move *open_moves;  /* this thread's, innermost first */
+void (*sa_mcentral_move_hook)(unsigned cls); /* test hook: blocks in hand */
+
+void sa_mcentral_move_begin(struct sa_move *m, unsigned cls, bool may_wait)
+{
+    _Atomic uint32_t *moving = &centrals[cls].moving;
+    may_wait = may_wait && open_moves == NULL;
+    for (;;) {
+        atomic_fetch_add_explicit(moving, 1, memory_order_seq_cst);
+        if (SA_LIKELY(atomic_load_explicit(&gate_closed, memory_order_seq_cst) == 0) ||
+            !may_wait)
+            break;
+        atomic_fetch_sub_explicit(moving, 1, memory_order_release);
+        while (atomic_load_explicit(&gate_closed, memory_order_acquire) != 0)
+            sched_yield(); /* fork is copying us: it returns soon */
+    }
+    m->cls = cls;
+    m->outer = open_moves;
+    open_moves = m;
+}
+
+void sa_mcentral_move_end(struct sa_move *m)
+{
+    open_moves = m->outer;
+    /* Release: the child of a fork that saw the count drop sees every
+     * push and release of the move. */
+    atomic_fetch_sub_explicit(&centrals[m->cls].moving, 1, memory_order_release);
+}
+
+static unsigned own_moves(void)
+{
+    unsigned n = 0;
+    for (const struct sa_move *m = open_moves; m != NULL; m = m->outer)
+        n++;
+    return n;
+}
+
+static unsigned moves_open(void)
+{
+    unsigned n = 0;
+    for (unsigned c = 1; c < SA_NUM_CLASSES; c++)
+        n += atomic_load_explicit(&centrals[c].moving, memory_order_seq_cst);
+    return n;
+}
+
+void sa_mcentral_fork_gate(void)
+{
+    atomic_fetch_add_explicit(&gate_closed, 1, memory_order_seq_cst);
+    unsigned mine = own_moves();
+    if (moves_open() == mine)
+        return;
+    atomic_store(&sa_mcentral_fork_waiting, 1);
+    while (moves_open() != mine)
+        sched_yield(); /* each mover needs only locks no fork holds yet */
+    atomic_store(&sa_mcentral_fork_waiting, 0);
+}
+
+uint64_t sa_mcentral_objects_out(unsigned cls)
+{
+    struct mcentral *c = &centrals[cls];
+    pthread_mutex_lock(&c->lock);
+    uint64_t n = c->objects_out;
+    pthread_mutex_unlock(&c->lock);
+    return n;
+}
+
 void sa_mcentral_fork_prepare(void)
 {
     for (unsigned c = 1; c < SA_NUM_CLASSES; c++)
@@ -259,11 +354,19 @@ void sa_mcentral_fork_parent(void)
 {
     for (unsigned c = SA_NUM_CLASSES; c-- > 1;)
         pthread_mutex_unlock(&centrals[c].lock);
+    atomic_fetch_sub_explicit(&gate_closed, 1, memory_order_release);
 }
 
+/* Only the forking thread lives on: its own moves are the only ones open
+ * (a mover stepping back may have been copied with its count raised). */
 void sa_mcentral_fork_child(void)
 {
     init_locks();
+    for (unsigned c = 1; c < SA_NUM_CLASSES; c++)
+        atomic_store_explicit(&centrals[c].moving, 0, memory_order_relaxed);
+    for (const struct sa_move *m = open_moves; m != NULL; m = m->outer)
+        atomic_fetch_add_explicit(&centrals[m->cls].moving, 1, memory_order_relaxed);
+    atomic_store_explicit(&gate_closed, 0, memory_order_release);
 }
 
 uint64_t sa_mcentral_sys_bytes(void)

@@ -228,7 +228,7 @@ static void drain_locked(unsigned cpu)
         return;
     __atomic_store_n(&table[cpu], (char *)sa_zero_slab, __ATOMIC_SEQ_CST);
     if (fence(cpu))
-        sa_slab_flush_exclusive(slab);
+        sa_slab_flush_exclusive(slab, false); /* fork takes the drain lock: no waiting */
     __atomic_store_n(&table[cpu], slab, __ATOMIC_RELEASE);
     cpus[cpu].activity = activity_of(slab);
 }

@@ -371,7 +371,8 @@ uint16_t sa_slab_region_cap(unsigned cls);
  * callers serialise. */
 void sa_slab_fold(char *slab, uint64_t *mallocs, uint64_t *arrivals);
 /* Every block of every class back to the mcentrals.  The caller owns the
- * slab exclusively (its thread, or a CPU slab swapped out and fenced). */
-void sa_slab_flush_exclusive(char *slab);
+ * slab exclusively (its thread, or a CPU slab swapped out and fenced);
+ * may_wait false if it holds the drain lock (sa_mcentral_move_begin). */
+void sa_slab_flush_exclusive(char *slab, bool may_wait);
 
 #endif /* SPANALLOC_PERCPU_H */

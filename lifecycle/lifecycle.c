@@ -33,6 +33,7 @@ static void heap_grew(void)
 static void fork_prepare(void)
 {
     sa_stack_fork_prepare(); /* no thread inside libunwind (before any lock) */
+    sa_mcentral_fork_gate(); /* no batch in a thread's hands (before any lock) */
     sa_mcache_fork_prepare();
     sa_mcentral_fork_prepare();
     sa_profile_fork_prepare(); /* a sampled free holds it across the heap's */

@@ -12,6 +12,9 @@
  * 0. Fork while another thread is inside the first-time initialisation.
  * 4. Fork, 300 times, while another thread keeps releasing a large idle
  *    heap: nothing it had detached is lost to the child.
+ * 5. Fork while a thread holds a batch between a class and its cache (a
+ *    refill or a flush, held there by a hook), and 300 times while threads
+ *    refill and flush: every block out of its span is held by someone.
  *
  * The child never returns into cmocka: it checks with its own macro and
  * reports through its exit status.  The parent waits with a 30 s alarm as a
@@ -144,6 +147,26 @@ static void child_check_invariants(const struct mem_stats *st)
     }
     CHILD_CHECK(m <= st->mallocs);
     CHILD_CHECK(f <= st->frees);
+}
+
+/* Every block out of its span (sa_mcentral_objects_out) is allocated (the
+ * class's mallocs - frees) or in flight in a thread the fork left behind:
+ * at most one each (a malloc's first block of a refill, not yet counted).
+ * The child's caches must be empty (after free_os_memory()); a batch lost
+ * in a dead thread's hands, or left in its cache, shows as more. */
+static void child_check_blocks_accounted(uint64_t in_flight)
+{
+    struct mem_stats st;
+    read_mem_stats(&st);
+    uint64_t unheld = 0;
+    for (unsigned c = 1; c < SA_NUM_CLASSES; c++) {
+        uint64_t out = sa_mcentral_objects_out(c);
+        uint64_t held = st.by_size[c].mallocs - st.by_size[c].frees;
+        if (out > held)
+            unheld += out - held;
+    }
+    if (unheld > in_flight)
+        child_fail(__LINE__, "blocks out of their spans that no one holds", unheld, in_flight);
 }
 
 /* Wait for the child, at most 30 s (SIGALRM is blocked in every other
@@ -649,18 +672,32 @@ static void fork_during_first_init(void **state)
  * heap_released) and the invariants hold. */
 static atomic_bool release_stop;
 
+static atomic_ulong release_rounds;
+
+/* Even rounds: one 48 MiB span.  Odd rounds: 48 spans of 1 MiB, freed
+ * every other one first, so that the idle heap is many spans of different
+ * ages that the release detaches one after the other. */
 static void *release_loop(void *arg)
 {
     (void)arg;
+    enum { PIECES = 48 };
     const size_t len = 48u << 20;
-    while (!atomic_load(&release_stop)) {
-        char *p = spanalloc_malloc(len);
-        if (p == NULL)
-            break;
-        for (size_t i = 0; i < len; i += 4096) /* make every page resident */
-            p[i] = 1;
-        spanalloc_free(p);
+    static char *piece[PIECES];
+    for (unsigned round = 0; !atomic_load(&release_stop); round++) {
+        size_t n = round % 2 == 0 ? 1 : PIECES;
+        for (size_t k = 0; k < n; k++) {
+            piece[k] = spanalloc_malloc(len / n);
+            if (piece[k] == NULL)
+                return (void *)1;
+            for (size_t i = 0; i < len / n; i += 4096) /* make every page resident */
+                piece[k][i] = 1;
+        }
+        for (size_t k = 0; k < n; k += 2)
+            spanalloc_free(piece[k]);
+        for (size_t k = 1; k < n; k += 2)
+            spanalloc_free(piece[k]);
         free_os_memory();
+        atomic_fetch_add(&release_rounds, 1);
     }
     return NULL;
 }
@@ -679,6 +716,8 @@ static void fork_while_another_thread_releases(void **state)
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     int failures = 0, forks = 300;
     for (int i = 0; i < forks; i++) {
+        while (atomic_load(&release_rounds) == 0)
+            sched_yield(); /* the heap is large once, before the first fork */
         pid_t pid = fork_plain();
         assert_true(pid >= 0);
         if (pid == 0) {
@@ -687,13 +726,16 @@ static void fork_while_another_thread_releases(void **state)
             read_mem_stats(&st);
             child_check_invariants(&st);
             CHILD_CHECK_EQ(st.heap_idle, st.heap_released);
+            child_check_blocks_accounted(1);
             _exit(0);
         }
         int status = wait_child(pid);
         failures += !(status != -1 && WIFEXITED(status) && WEXITSTATUS(status) == 0);
     }
     atomic_store(&release_stop, true);
-    assert_int_equal(pthread_join(t, NULL), 0);
+    void *ret = NULL;
+    assert_int_equal(pthread_join(t, &ret), 0);
+    assert_null(ret);
     assert_int_equal(failures, 0);
     free_os_memory();
     struct mem_stats end = stats_now();
@@ -841,6 +883,196 @@ static void fork_while_batches_are_drained(void **state)
     assert_int_equal(failures, 0);
 }
 
+/* ---- Fork while a thread holds a batch between a class and its cache.
+ * A refill takes a batch under the class lock and pushes it onto the cache
+ * after; a flush pops a batch and hands it over under the lock after.  The
+ * worker is held in that window by the move hook until fork_prepare says it
+ * is waiting (or, on a build without the wait, until fork returned). */
+static int move_pipe[2];
+static atomic_bool mover_paused;
+static _Atomic unsigned move_armed; /* the class whose next move pauses, 0: none */
+static __thread bool is_mover;
+
+static void pause_mover(unsigned cls)
+{
+    if (!is_mover || atomic_load(&move_armed) != cls)
+        return;
+    atomic_store(&move_armed, 0);
+    atomic_store(&mover_paused, true);
+    char c;
+    ssize_t got = read(move_pipe[0], &c, 1);
+    (void)got;
+}
+
+enum { MOVE_SIZE = 64, MOVE_BLOCKS = 4096 };
+static void *move_blocks[MOVE_BLOCKS];
+
+/* Warm the class up (the fallback's capacities start at one block and
+ * double), then pause in a refill (arg 0) or a flush (arg 1). */
+static void *mover(void *arg)
+{
+    bool flush = arg != NULL;
+    unsigned cls = sa_size_class(MOVE_SIZE);
+    is_mover = true;
+    for (int round = 0; round < 3; round++) {
+        for (int i = 0; i < MOVE_BLOCKS; i++)
+            move_blocks[i] = spanalloc_malloc(MOVE_SIZE);
+        for (int i = 0; i < MOVE_BLOCKS; i++)
+            spanalloc_free(move_blocks[i]);
+    }
+    for (int i = 0; i < MOVE_BLOCKS; i++)
+        move_blocks[i] = spanalloc_malloc(MOVE_SIZE);
+    if (!flush)
+        free_os_memory(); /* the cache is empty: the next malloc refills */
+    atomic_store(&move_armed, cls);
+    if (flush) {
+        for (int i = 0; i < MOVE_BLOCKS; i++)
+            spanalloc_free(move_blocks[i]);
+    } else {
+        void *p = spanalloc_malloc(MOVE_SIZE);
+        spanalloc_free(p);
+        for (int i = 0; i < MOVE_BLOCKS; i++)
+            spanalloc_free(move_blocks[i]);
+    }
+    return NULL;
+}
+
+static void *move_releaser(void *arg)
+{
+    (void)arg;
+    while (!atomic_load(&sa_mcentral_fork_waiting) && !atomic_load(&fork_returned))
+        sched_yield();
+    ssize_t put = write(move_pipe[1], "x", 1);
+    (void)put;
+    return NULL;
+}
+
+static void fork_while_a_batch_is_in_hand(bool flush)
+{
+    assert_int_equal(pipe(move_pipe), 0);
+    atomic_store(&mover_paused, false);
+    atomic_store(&fork_returned, false);
+    atomic_store(&move_armed, 0);
+    sa_mcentral_move_hook = pause_mover;
+    sigset_t alrm, old;
+    sigemptyset(&alrm);
+    sigaddset(&alrm, SIGALRM);
+    pthread_sigmask(SIG_BLOCK, &alrm, &old);
+    pthread_t m, r;
+    assert_int_equal(pthread_create(&m, NULL, mover, flush ? (void *)1 : NULL), 0);
+    while (!atomic_load(&mover_paused))
+        sched_yield();
+    assert_int_equal(pthread_create(&r, NULL, move_releaser, NULL), 0);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    pid_t pid = fork_plain();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        free_os_memory();
+        struct mem_stats st;
+        read_mem_stats(&st);
+        child_check_invariants(&st);
+        CHILD_CHECK_EQ(st.heap_idle, st.heap_released);
+        child_check_blocks_accounted(1);
+        _exit(0);
+    }
+    atomic_store(&fork_returned, true);
+    int status = wait_child(pid);
+    assert_int_equal(pthread_join(m, NULL), 0);
+    assert_int_equal(pthread_join(r, NULL), 0);
+    sa_mcentral_move_hook = NULL;
+    close(move_pipe[0]);
+    close(move_pipe[1]);
+    assert_child_succeeded(status);
+}
+
+static void fork_while_a_refill_is_in_hand(void **state)
+{
+    (void)state;
+    fork_while_a_batch_is_in_hand(false);
+}
+
+static void fork_while_a_flush_is_in_hand(void **state)
+{
+    (void)state;
+    fork_while_a_batch_is_in_hand(true);
+}
+
+/* Threads refilling and flushing their caches (every small class up to
+ * 4 KiB: each round allocates two caches' worth, then frees it) while this
+ * thread forks 300 times.  Each child takes its own caches back
+ * (free_os_memory()) and checks that every block out of its span is
+ * accounted for: the dead threads' batches were not lost in their hands, and
+ * their own caches (fallback mode) were flushed by the child. */
+enum { NCHURN = 3, CHURN_MAX = 4096 };
+static atomic_bool churn_stop;
+static atomic_ulong churn_rounds;
+
+static void *churn(void *arg)
+{
+    unsigned rng = (unsigned)(uintptr_t)arg;
+    static void *held[NCHURN][CHURN_MAX];
+    void **mine = held[(uintptr_t)arg % NCHURN];
+    while (!atomic_load_explicit(&churn_stop, memory_order_relaxed)) {
+        size_t size = 8 + (size_t)rand_r(&rng) % 4096;
+        unsigned n = 2 * sa_mcache_list_cap(sa_size_class(size));
+        if (n > CHURN_MAX)
+            n = CHURN_MAX;
+        for (unsigned i = 0; i < n; i++)
+            if ((mine[i] = spanalloc_malloc(size)) == NULL)
+                return (void *)1;
+        for (unsigned i = 0; i < n; i++)
+            spanalloc_free(mine[i]);
+        atomic_fetch_add_explicit(&churn_rounds, 1, memory_order_relaxed);
+    }
+    return NULL;
+}
+
+static void fork_while_caches_refill_and_flush(void **state)
+{
+    (void)state;
+    SKIP_UNDER_MEMCHECK();
+    atomic_store(&churn_stop, false);
+    sigset_t alrm, old;
+    sigemptyset(&alrm);
+    sigaddset(&alrm, SIGALRM);
+    pthread_sigmask(SIG_BLOCK, &alrm, &old);
+    pthread_t t[NCHURN];
+    for (int i = 0; i < NCHURN; i++)
+        assert_int_equal(pthread_create(&t[i], NULL, churn, (void *)(uintptr_t)i), 0);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    int failures = 0, forks = 300;
+    for (int f = 0; f < forks; f++) {
+        unsigned long target = atomic_load(&churn_rounds) + 1;
+        while (atomic_load(&churn_rounds) < target)
+            sched_yield(); /* some moves since the last fork */
+        pid_t pid = fork_plain();
+        assert_true(pid >= 0);
+        if (pid == 0) {
+            free_os_memory();
+            struct mem_stats st;
+            read_mem_stats(&st);
+            child_check_invariants(&st);
+            CHILD_CHECK_EQ(st.heap_idle, st.heap_released);
+            child_check_blocks_accounted(NCHURN);
+            _exit(0);
+        }
+        int status = wait_child(pid);
+        failures += !(status != -1 && WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    }
+    atomic_store(&churn_stop, true);
+    for (int i = 0; i < NCHURN; i++) {
+        void *ret = NULL;
+        assert_int_equal(pthread_join(t[i], &ret), 0);
+        assert_null(ret);
+    }
+    print_message("%d of %d children failed\n", failures, forks);
+    assert_int_equal(failures, 0);
+    free_os_memory();
+    struct mem_stats end = stats_now();
+    assert_stats_invariants(&end);
+    assert_int_equal(end.heap_idle, end.heap_released);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -852,6 +1084,9 @@ int main(void)
         cmocka_unit_test(fork_while_another_thread_releases),
         cmocka_unit_test(fork_while_empty_spans_are_carried),
         cmocka_unit_test(fork_while_batches_are_drained),
+        cmocka_unit_test(fork_while_a_refill_is_in_hand),
+        cmocka_unit_test(fork_while_a_flush_is_in_hand),
+        cmocka_unit_test(fork_while_caches_refill_and_flush),
     };
     return cmocka_run_group_tests_name("fork", tests, NULL, NULL);
 }
