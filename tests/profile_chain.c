@@ -17,7 +17,11 @@
 
 #include "profile_chain.h"
 
+#if defined(__clang__)
+#define CHAIN_FN __attribute__((noinline, used))
+#else
 #define CHAIN_FN __attribute__((noinline, noclone, used))
+#endif
 
 void *chain_ra[CHAIN_LEVELS];
 static volatile int sink;
