@@ -61,7 +61,6 @@ if [ "$INSTALL" = 1 ]; then
     command -v pkg-config >/dev/null || missing+=(pkg-config)
     command -v gnuplot >/dev/null || missing+=(gnuplot-nox)
     [ -x /usr/bin/time ] || missing+=(time)
-    [ -e /usr/include/libunwind.h ] || missing+=(libunwind-dev) # heap profile stacks
     for a in jemalloc tcmalloc mimalloc; do
         [ -e "$(preload_path "$a" .)" ] || missing+=("$(apt_package "$a")")
     done

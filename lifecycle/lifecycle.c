@@ -32,7 +32,6 @@ static void heap_grew(void)
 
 static void fork_prepare(void)
 {
-    sa_stack_fork_prepare(); /* no thread inside libunwind (before any lock) */
     sa_mcentral_fork_gate(); /* no batch in a thread's hands (before any lock) */
     sa_mcache_fork_prepare();
     sa_mcentral_fork_prepare();
@@ -48,7 +47,6 @@ static void fork_parent(void)
     sa_profile_fork_parent();
     sa_mcentral_fork_parent();
     sa_mcache_fork_parent();
-    sa_stack_fork_parent();
 }
 
 static void fork_child(void)
@@ -61,7 +59,6 @@ static void fork_child(void)
     sa_mheap_fork_child();
     sa_mcentral_fork_child();
     sa_mcache_fork_child(); /* needs the tiers below it working again */
-    sa_stack_fork_child();
 }
 
 /* ---- exit: SPANALLOC_STATS

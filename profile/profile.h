@@ -31,10 +31,6 @@ void sa_profile_init_late(void);
 /* fork: the profile lock is a leaf (held while no other spanalloc lock is
  * taken), taken last and released first. */
 void sa_profile_fork_prepare(void);
-/* The unwinder's gate (profile/stacks.c): first in prepare, last after. */
-void sa_stack_fork_prepare(void);
-void sa_stack_fork_parent(void);
-void sa_stack_fork_child(void);
 void sa_profile_fork_parent(void);
 void sa_profile_fork_child(void);
 

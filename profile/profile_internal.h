@@ -42,6 +42,25 @@ struct sa_prof_block {
 extern pthread_mutex_t sa_prof_lock;
 extern struct sa_prof_bucket *sa_prof_buckets; /* all_next list */
 
+/* frames.c: spanalloc's own stack walker (x86-64 Linux; elsewhere it
+ * always answers -1).  A frame as the walk sees it: a return address into
+ * the function, the function's stack pointer once the callee returned, and
+ * its rbp. */
+struct sa_frame {
+    uintptr_t pc, sp, rbp;
+};
+#define SA_FRAMES_MAX_FRAME ((uintptr_t)1 << 20) /* one frame at most 1 MiB */
+#define SA_FRAMES_MAX_STACK ((uintptr_t)1 << 30) /* a stack's known top within 1 GiB */
+/* The return addresses of the calling thread's stack, innermost first,
+ * from the first frame whose sp is at or above `above` (the CFA of the
+ * frame to drop with the ones it called): how many (at most max), or -1 if
+ * a frame's unwind rule is beyond this walker and libgcc must unwind.  No
+ * malloc, no lock, no per-thread memory. */
+int sa_frames_capture(uintptr_t *pcs, unsigned max, uintptr_t above);
+/* The same from frame f, reading the stack only below hi (tests). */
+int sa_frames_walk(struct sa_frame f, uintptr_t hi, uintptr_t above, uintptr_t *pcs,
+                   unsigned max);
+
 /* stacks.c: the caller's stack above the frame whose CFA is `above_cfa`
  * (that frame and the ones it called are dropped), then the leading frames
  * in spanalloc's own object.  No malloc, no lock of ours. */

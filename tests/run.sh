@@ -81,7 +81,7 @@ not_run() {
 
 # ---------------------------------------------------------------- packages --
 declare -A pass_pkgs=()
-base_pkgs=(meson ninja-build gcc g++ pkg-config libcmocka-dev libbenchmark-dev python3 valgrind prometheus libunwind-dev golang-go)
+base_pkgs=(meson ninja-build gcc g++ pkg-config libcmocka-dev libbenchmark-dev python3 valgrind prometheus golang-go)
 
 # ------------------------------------------------------------------ builds --
 declare -A build_ok=()

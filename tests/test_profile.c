@@ -15,6 +15,13 @@
  * 5. fork and thread exit with sampled blocks live; writing racing with
  *    allocating threads; a failing write returns the errno and leaves the
  *    heap's figures as they were.
+ * 6. The stack walker (profile/frames.c): on known chains of -O2
+ *    -fomit-frame-pointer code (tests/profile_chain.c), through libc and in
+ *    a thread, it handles every frame itself and reports exactly the stack
+ *    libgcc's _Unwind_Backtrace reports; it stops at the depth asked; on a
+ *    stack of garbage it stops without reading outside the bounds it has.
+ * 7. Idle threads: 200 threads that each took one sample hold no more
+ *    memory than before it (the walker keeps nothing per thread).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -27,13 +34,17 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#include <unwind.h>
+#include <dlfcn.h>
 
 #include "test_helpers.h"
 #include "../alloc/internal.h"
 #include "../profile/profile_internal.h"
+#include "profile_chain.h"
 
 static void set_rate(uint64_t rate, uint64_t seed)
 {
@@ -487,6 +498,290 @@ static void writing_leaves_the_heap_alone(void **state)
     set_rate(SA_PROFILE_DEFAULT_RATE, 1);
 }
 
+/* ---- 6. the stack walker */
+
+#define WALK_MAX 80
+
+struct captured {
+    uintptr_t ours[WALK_MAX], gcc[WALK_MAX];
+    int n_ours, n_gcc;
+};
+
+struct gcc_walk {
+    uintptr_t *pcs;
+    int n;
+    uintptr_t above;
+};
+
+/* As profile/stacks.c's fallback: frames from the one whose sp is above. */
+static _Unwind_Reason_Code gcc_frame(struct _Unwind_Context *uc, void *arg)
+{
+    struct gcc_walk *w = arg;
+    if (_Unwind_GetCFA(uc) < w->above)
+        return _URC_NO_REASON;
+    int before_insn = 0;
+    uintptr_t pc = _Unwind_GetIPInfo(uc, &before_insn);
+    if (pc == 0)
+        return _URC_END_OF_STACK;
+    w->pcs[w->n++] = pc;
+    return w->n == WALK_MAX ? _URC_END_OF_STACK : _URC_NO_REASON;
+}
+
+/* Both unwinders from here, each reporting from this function's caller. */
+__attribute__((noinline)) static int capture_both(void *arg)
+{
+    struct captured *c = arg;
+    uintptr_t above = (uintptr_t)__builtin_dwarf_cfa();
+    c->n_ours = sa_frames_capture(c->ours, WALK_MAX, above);
+    struct gcc_walk w = {c->gcc, 0, above};
+    _Unwind_Backtrace(gcc_frame, &w);
+    c->n_gcc = w.n;
+    return 0;
+}
+
+static void assert_same_stacks(const struct captured *c)
+{
+#if defined(__x86_64__)
+    bool same = c->n_ours == c->n_gcc &&
+                memcmp(c->ours, c->gcc, (size_t)c->n_gcc * sizeof(uintptr_t)) == 0;
+    for (int i = 0; i < c->n_gcc && !same; i++) {
+        Dl_info info;
+        const char *obj = dladdr((void *)(c->gcc[i] - 1), &info) ? info.dli_fname : "?";
+        print_message("  %2d %#lx %#lx %s\n", i, (unsigned long)(i < c->n_ours ? c->ours[i] : 0),
+                      (unsigned long)c->gcc[i], obj);
+    }
+    assert_int_equal(c->n_ours, c->n_gcc); /* -1 would say: a frame left to libgcc */
+    assert_memory_equal(c->ours, c->gcc, (size_t)c->n_gcc * sizeof(uintptr_t));
+#else
+    assert_int_equal(c->n_ours, -1); /* libgcc unwinds every stack there */
+#endif
+}
+
+/* The chain of profile_chain.c: frame i+1 is chain_ra[i]. */
+static void assert_known_chain(const struct captured *c)
+{
+    assert_true(c->n_ours >= 6);
+    for (int i = 0; i < 5; i++)
+        assert_ptr_equal((void *)c->ours[i + 1], chain_ra[i]);
+}
+
+static void walker_matches_libgcc_on_known_chains(void **state)
+{
+    (void)state;
+    static struct captured c; /* static: the frames are the chain's */
+    memset(&c, 0, sizeof(c));
+    chain_run(capture_both, &c);
+    assert_same_stacks(&c);
+#if defined(__x86_64__)
+    assert_known_chain(&c);
+#endif
+}
+
+/* Through libc: the comparator's frames, qsort's, then the caller. */
+static void walker_matches_libgcc_through_libc(void **state)
+{
+    (void)state;
+    static struct captured c;
+    memset(&c, 0, sizeof(c));
+    chain_qsort(capture_both, &c);
+    assert_same_stacks(&c);
+#if defined(__x86_64__)
+    int libc_frames = 0, caller = -1;
+    for (int i = 0; i < c.n_ours && caller < 0; i++) {
+        Dl_info info;
+        if (dladdr((void *)(c.ours[i] - 1), &info) && info.dli_fname != NULL &&
+            strstr(info.dli_fname, "libc.so") != NULL)
+            libc_frames++;
+        if ((void *)c.ours[i] == chain_ra[5])
+            caller = i;
+    }
+    assert_true(libc_frames >= 1);
+    assert_true(caller > libc_frames); /* the walk came out of libc into chain_qsort's caller */
+#endif
+}
+
+static void *chain_in_thread(void *arg)
+{
+    chain_run(capture_both, arg);
+    return NULL;
+}
+
+/* A thread's stack ends in glibc's thread start, not in _start. */
+static void walker_matches_libgcc_in_a_thread(void **state)
+{
+    (void)state;
+    static struct captured c;
+    memset(&c, 0, sizeof(c));
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, chain_in_thread, &c), 0);
+    assert_int_equal(pthread_join(t, NULL), 0);
+    assert_same_stacks(&c);
+#if defined(__x86_64__)
+    assert_known_chain(&c);
+#endif
+}
+
+static uintptr_t deep[SA_PROF_MAX_DEPTH + 8];
+static int deep_n;
+static unsigned deep_stacks_n;
+
+__attribute__((noinline)) static int capture_deep(void *arg)
+{
+    (void)arg;
+    uintptr_t above = (uintptr_t)__builtin_dwarf_cfa();
+    deep_n = sa_frames_capture(deep, SA_PROF_MAX_DEPTH, above);
+    uintptr_t pcs[SA_PROF_MAX_DEPTH];
+    deep_stacks_n = sa_stack_capture(pcs, SA_PROF_MAX_DEPTH, above);
+    return 0;
+}
+
+/* 100 frames deep: 64 reported, the leaf's call site then 63 of the
+ * recursion's; the profile's capture (either unwinder) stops at 64 too. */
+static void walker_stops_at_the_depth_asked(void **state)
+{
+    (void)state;
+    chain_recurse(100, capture_deep, NULL);
+    assert_int_equal(deep_stacks_n, SA_PROF_MAX_DEPTH);
+#if defined(__x86_64__)
+    assert_int_equal(deep_n, SA_PROF_MAX_DEPTH);
+    assert_true(deep[0] != deep[1]);
+    for (int i = 2; i < SA_PROF_MAX_DEPTH; i++)
+        assert_true(deep[i] == deep[1]);
+#endif
+}
+
+__attribute__((noinline)) static int note_ra(void *arg)
+{
+    *(void **)arg = __builtin_return_address(0);
+    return 0;
+}
+
+/* A page of garbage between two inaccessible pages, walked with the page's
+ * end as the stack's top: every word a return address into real code (so
+ * each step finds a rule and goes on), then random words, then a frame
+ * whose rbp is wild.  The walk must end without a fault (the guard pages
+ * would raise SIGSEGV on a read outside) and within the depth given. */
+static void walker_stops_cleanly_on_garbage(void **state)
+{
+    (void)state;
+#if defined(__x86_64__)
+    long page = sysconf(_SC_PAGESIZE);
+    uint8_t *m = mmap(NULL, (size_t)page * 3, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+                      -1, 0);
+    assert_true(m != MAP_FAILED);
+    assert_int_equal(mprotect(m, (size_t)page, PROT_NONE), 0);
+    assert_int_equal(mprotect(m + 2 * page, (size_t)page, PROT_NONE), 0);
+    uintptr_t *words = (uintptr_t *)(m + page);
+    size_t nwords = (size_t)page / sizeof(uintptr_t);
+    uintptr_t lo = (uintptr_t)words, hi = lo + (uintptr_t)page;
+    static uintptr_t pcs[4096];
+    void *ras[CHAIN_LEVELS + 1];
+    chain_run(note_ra, &ras[0]);
+    for (int i = 0; i < CHAIN_LEVELS - 1; i++)
+        ras[i + 1] = chain_ra[i];
+    int hops = 0;
+    /* Return addresses all the way up: the walk climbs to the top. */
+    for (int k = 0; k < CHAIN_LEVELS; k++) {
+        for (size_t i = 0; i < nwords; i++)
+            words[i] = (uintptr_t)ras[k];
+        struct sa_frame f = {(uintptr_t)ras[k], lo, hi - 64};
+        int n = sa_frames_walk(f, hi, 0, pcs, 4096);
+        assert_true(n >= 1 && n <= (int)nwords);
+        hops += n;
+        f.sp = lo + 8 * (unsigned)k; /* and from other offsets */
+        n = sa_frames_walk(f, hi, 0, pcs, 4096);
+        assert_true(n >= 1 && n <= (int)nwords);
+        n = sa_frames_walk(f, hi, 0, pcs, 3);
+        assert_true(n >= 1 && n <= 3);
+    }
+    assert_true(hops > 2 * CHAIN_LEVELS); /* some walks did climb */
+    /* Random words; wild rbp values. */
+    uint64_t x = 0x9e3779b97f4a7c15ull;
+    for (int round = 0; round < 200; round++) {
+        for (size_t i = 0; i < nwords; i++) {
+            x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+            words[i] = (i % 3 == 0) ? (uintptr_t)ras[x % CHAIN_LEVELS] : (uintptr_t)x;
+        }
+        struct sa_frame f = {(uintptr_t)ras[round % CHAIN_LEVELS], lo + 8 * (uintptr_t)(x % 64),
+                             (uintptr_t)(x * 31)};
+        int n = sa_frames_walk(f, hi, 0, pcs, 4096);
+        assert_true(n >= 1 && n <= (int)nwords);
+    }
+    /* Not code at all: one frame, then the end. */
+    struct sa_frame f = {(uintptr_t)words + 16, lo, lo};
+    assert_int_equal(sa_frames_walk(f, hi, 0, pcs, 4096), 1);
+    f.pc = 0;
+    assert_int_equal(sa_frames_walk(f, hi, 0, pcs, 4096), 0);
+    munmap(m, (size_t)page * 3);
+#endif
+}
+
+/* ---- 7. idle threads */
+
+enum { IDLE_THREADS = 200 };
+static pthread_barrier_t idle_barrier;
+static void *idle_blocks[IDLE_THREADS];
+
+static long vm_rss_kib(void)
+{
+    char buf[4096];
+    int fd = open("/proc/self/status", O_RDONLY);
+    assert_true(fd >= 0);
+    ssize_t n = read(fd, buf, sizeof(buf) - 1);
+    close(fd);
+    assert_true(n > 0);
+    buf[n] = 0;
+    const char *at = strstr(buf, "VmRSS:");
+    assert_non_null(at);
+    return strtol(at + 6, NULL, 10);
+}
+
+static void *sample_once_then_idle(void *arg)
+{
+    size_t i = (size_t)(uintptr_t)arg;
+    spanalloc_free(spanalloc_malloc(64)); /* the thread's cache and countdown, unsampled */
+    pthread_barrier_wait(&idle_barrier);  /* 1: measured before */
+    pthread_barrier_wait(&idle_barrier);  /* 2: rate 1 set */
+    sa_sampler_reseed(i + 1);
+    idle_blocks[i] = spanalloc_malloc(64); /* sampled: one stack walk */
+    pthread_barrier_wait(&idle_barrier);  /* 3: measured after */
+    pthread_barrier_wait(&idle_barrier);  /* 4: exit */
+    return NULL;
+}
+
+/* 200 live threads take one sample each: the process grows by the records
+ * and the stack each walk touches, a few KiB per thread at most (the
+ * libunwind this replaced kept ~100 KiB of cache in each). */
+static void idle_threads_sampling_once_do_not_grow(void **state)
+{
+    (void)state;
+    set_rate(0, 1);
+    pthread_t t[IDLE_THREADS];
+    assert_int_equal(pthread_barrier_init(&idle_barrier, NULL, IDLE_THREADS + 1), 0);
+    for (size_t i = 0; i < IDLE_THREADS; i++)
+        assert_int_equal(pthread_create(&t[i], NULL, sample_once_then_idle, (void *)(uintptr_t)i), 0);
+    pthread_barrier_wait(&idle_barrier);
+    long before = vm_rss_kib();
+    sa_profile_options.rate = 1;
+    pthread_barrier_wait(&idle_barrier);
+    pthread_barrier_wait(&idle_barrier);
+    long after = vm_rss_kib();
+    for (size_t i = 0; i < IDLE_THREADS; i++)
+        assert_true(is_sampled(idle_blocks[i]));
+    set_rate(0, 1);
+    pthread_barrier_wait(&idle_barrier);
+    for (size_t i = 0; i < IDLE_THREADS; i++)
+        assert_int_equal(pthread_join(t[i], NULL), 0);
+    pthread_barrier_destroy(&idle_barrier);
+    for (size_t i = 0; i < IDLE_THREADS; i++)
+        spanalloc_free(idle_blocks[i]);
+    long per_thread = (after - before) / IDLE_THREADS;
+    print_message("RSS %ld KiB before, %ld KiB after %d samples: %ld KiB per thread\n", before,
+                  after, IDLE_THREADS, per_thread);
+    assert_true(after - before <= 16 * IDLE_THREADS + 2048);
+    set_rate(SA_PROFILE_DEFAULT_RATE, 1);
+}
+
 int mallctl(const char *name, void *oldp, size_t *oldlenp, void *newp, size_t newlen);
 
 /* jemalloc's names: prof.dump writes the profile, opt.prof says sampling is on. */
@@ -564,6 +859,12 @@ int main(int argc, char **argv)
         cmocka_unit_test(failing_write_reports_errno_and_leaves_the_heap),
         cmocka_unit_test(writing_leaves_the_heap_alone),
         cmocka_unit_test(mallctl_prof_dump_writes_the_profile),
+        cmocka_unit_test(walker_matches_libgcc_on_known_chains),
+        cmocka_unit_test(walker_matches_libgcc_through_libc),
+        cmocka_unit_test(walker_matches_libgcc_in_a_thread),
+        cmocka_unit_test(walker_stops_at_the_depth_asked),
+        cmocka_unit_test(walker_stops_cleanly_on_garbage),
+        cmocka_unit_test(idle_threads_sampling_once_do_not_grow),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
