@@ -62,8 +62,8 @@ static void thread_exit_flushes_the_cache(void **state)
     struct mem_stats before = stats_now();
     unsigned before_cpus = sa_percpu_cpus_ready();
     pthread_t t;
-    pthread_create(&t, NULL, alloc_and_free_all, (void *)(size_t)208);
-    pthread_join(t, NULL);
+    assert_int_equal(pthread_create(&t, NULL, alloc_and_free_all, (void *)(size_t)208), 0);
+    assert_int_equal(pthread_join(t, NULL), 0);
     /* The thread's own cache (per-thread mode) is gone with it. */
     assert_int_equal(stats_now().mcache_inuse, before.mcache_inuse +
                      (sa_percpu_cpus_ready() - before_cpus) * sa_slab_bytes());
@@ -109,11 +109,11 @@ static void *set_late_key(void *arg)
 static void malloc_works_after_thread_teardown(void **state)
 {
     (void)state;
-    pthread_key_create(&late_key, late_destructor);
+    assert_int_equal(pthread_key_create(&late_key, late_destructor), 0);
     struct mem_stats before = stats_now();
     pthread_t t;
-    pthread_create(&t, NULL, set_late_key, NULL);
-    pthread_join(t, NULL);
+    assert_int_equal(pthread_create(&t, NULL, set_late_key, NULL), 0);
+    assert_int_equal(pthread_join(t, NULL), 0);
     assert_true(late_ok);
     struct mem_stats after = stats_now();
     assert_int_equal(after.mallocs, before.mallocs + 3);
@@ -139,8 +139,8 @@ static void cross_thread_free_is_counted_once(void **state)
     for (int i = 0; i < 100; i++)
         blocks[i] = spanalloc_malloc(48);
     pthread_t t;
-    pthread_create(&t, NULL, free_them, blocks);
-    pthread_join(t, NULL);
+    assert_int_equal(pthread_create(&t, NULL, free_them, blocks), 0);
+    assert_int_equal(pthread_join(t, NULL), 0);
     struct mem_stats after = stats_now();
     unsigned cls = sa_size_class(48);
     assert_int_equal(after.by_size[cls].mallocs, before.by_size[cls].mallocs + 100);

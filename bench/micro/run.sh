@@ -52,11 +52,33 @@ while [ $# -gt 0 ]; do
     *) usage >&2; exit 2 ;;
   esac
 done
+[ -f "$build/build.ninja" ] || {
+  echo "no meson build in $build: configure and build first (meson setup $build --buildtype=release && ninja -C $build)" >&2
+  exit 1
+}
 build=$(cd "$build" && pwd)
 mlibc="$build/bench/micro/micro_libc"
 mapi="$build/bench/micro/micro_spanalloc"
+# The google-benchmark binaries are an optional part of the build
+# (meson_options.txt: micro_benchmarks): configured but not built yet, build
+# them; not configured (g++ or libbenchmark-dev missing when meson ran, or
+# the option disabled), say so and stop.
+targets=$(ninja -C "$build" -t targets all 2>/dev/null || true)
 for b in "$mlibc" "$mapi"; do
-  [ -x "$b" ] || { echo "no $b: build first (ninja -C $build)" >&2; exit 1; }
+  [ -x "$b" ] && continue
+  rel=${b#"$build"/}
+  if grep -q "^$rel:" <<<"$targets"; then
+    echo "building $rel" >&2
+    ninja -C "$build" "$rel" >&2 || { echo "ninja -C $build $rel failed" >&2; exit 1; }
+  else
+    cat >&2 <<MSG
+$rel is not part of the build in $build: the micro-benchmarks need g++ and
+google-benchmark (apt-get install g++ libbenchmark-dev), then
+  meson setup --reconfigure $build -Dmicro_benchmarks=enabled && ninja -C $build
+The instruction counts need neither: bash $here/callgrind.sh -b $build
+MSG
+    exit 1
+  fi
 done
 py=/usr/bin/python3
 [ -x "$py" ] || py=python3
