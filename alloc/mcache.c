@@ -3,7 +3,8 @@
  *
  * A cache is a slab (alloc/percpu.h): per size class a stack of pointers
  * to free blocks, bounded by sa_mcache_list_cap(cls) blocks (about 32 KiB of
- * each class, at least one block), so one slab holds at most
+ * each class, or up to 8 blocks within 256 KiB for classes of big blocks, at
+ * least one block), so one slab holds at most
  * sa_mcache_bound_bytes().  Classes refill from and flush to the mcentrals in
  * batches of half their capacity; the class lock is taken once per batch.
  *
@@ -107,11 +108,23 @@ static uint32_t class_bytes = SA_CACHE_CLASS_BYTES;
 
 /* At most class_bytes of a class, at least two blocks of up to 32 KiB or one
  * larger block, at most SA_CACHE_CAP_MAX blocks: a bound in bytes that holds
- * for any class table. */
+ * for any class table.  A class of big blocks may also hold up to
+ * SA_CACHE_FEW_BLOCKS of them within SA_CACHE_FEW_BYTES: with only one or
+ * two, a thread that frees and allocates such blocks in turn empties or
+ * fills its cache nearly every other operation (a refill or flush of its
+ * class lock and, one block per span, the heap lock each time), while a
+ * capacity of c blocks takes about (c/2)^2 such operations between trips. */
+#define SA_CACHE_FEW_BLOCKS 8
+#define SA_CACHE_FEW_BYTES ((uint32_t)256 << 10)
 uint32_t sa_mcache_list_cap(unsigned cls)
 {
     uint32_t size = sa_class_size[cls];
     uint32_t cap = class_bytes / size;
+    uint32_t few = (class_bytes * (SA_CACHE_FEW_BYTES / SA_CACHE_CLASS_BYTES)) / size;
+    if (few > SA_CACHE_FEW_BLOCKS)
+        few = SA_CACHE_FEW_BLOCKS;
+    if (cap < few)
+        cap = few;
     if (cap < 2)
         cap = size <= SA_CACHE_CLASS_BYTES ? 2 : 1;
     return cap > SA_CACHE_CAP_MAX ? SA_CACHE_CAP_MAX : cap;

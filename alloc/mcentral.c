@@ -46,14 +46,18 @@ struct mcentral {
     struct transfer_batch batches[SA_TRANSFER_SLOTS];
 } __attribute__((aligned(64)));
 
+/* Adaptive (glibc): a thread that finds a class lock held spins briefly
+ * before it sleeps, as the heap lock does (alloc/lock.c).  Holds are a
+ * batch's worth of list work; a plain mutex puts the waiter to sleep at
+ * once, a context switch each way for a wait shorter than the switch. */
 static struct mcentral centrals[SA_NUM_CLASSES] = {
-    [0 ... SA_NUM_CLASSES - 1] = {.lock = PTHREAD_MUTEX_INITIALIZER},
+    [0 ... SA_NUM_CLASSES - 1] = {.lock = PTHREAD_ADAPTIVE_MUTEX_INITIALIZER_NP},
 };
 
 static void init_locks(void)
 {
     for (unsigned c = 0; c < SA_NUM_CLASSES; c++)
-        pthread_mutex_init(&centrals[c].lock, NULL);
+        centrals[c].lock = (pthread_mutex_t)PTHREAD_ADAPTIVE_MUTEX_INITIALIZER_NP;
 }
 
 /* A report aborts; a SIGABRT handler that allocates must find the class

@@ -25,7 +25,9 @@
 #include "../bgthread/bgthread.h"
 #include "profile_internal.h"
 
-pthread_mutex_t sa_prof_lock = PTHREAD_MUTEX_INITIALIZER;
+/* Adaptive (glibc): a sampler that finds the lock held spins briefly before
+ * it sleeps (see alloc/mcentral.c's class locks). */
+pthread_mutex_t sa_prof_lock = PTHREAD_ADAPTIVE_MUTEX_INITIALIZER_NP;
 struct sa_prof_bucket *sa_prof_buckets;
 struct sa_profile_options sa_profile_options = {.rate = SA_PROFILE_DEFAULT_RATE};
 
@@ -199,7 +201,7 @@ static struct sa_bgthread writer_thread; /* the interval writer */
 
 void sa_profile_fork_child(void)
 {
-    pthread_mutex_init(&sa_prof_lock, NULL);
+    sa_prof_lock = (pthread_mutex_t)PTHREAD_ADAPTIVE_MUTEX_INITIALIZER_NP;
     sa_bgthread_fork_child(&writer_thread); /* it did not survive: restart */
 }
 

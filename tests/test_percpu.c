@@ -376,6 +376,39 @@ static void fallback_caches_start_small(void **state)
     assert_true(slow_start_busy > sa_mcache_list_cap(sa_size_class(208)) / 2); /* grew past half */
 }
 
+/* A class of 16 KiB blocks (two per 32 KiB) keeps up to 8 of them, within
+ * 256 KiB: a thread that frees 8 such blocks in a row finds most of them
+ * cached, not sent back through the class lock and the heap after every
+ * second one.  Pinned, so that one cache (this CPU's, or the thread's own)
+ * sees the whole sequence. */
+static void big_block_classes_cache_a_few_blocks(void **state)
+{
+    (void)state;
+    if (RUNNING_ON_VALGRIND)
+        skip(); /* no caches at all under memcheck */
+    enum { N = 8 };
+    unsigned cls = sa_size_class(16384);
+    assert_int_equal(sa_mcache_list_cap(cls), 8);
+    assert_int_equal(sa_mcache_list_cap(sa_size_class(65536)), 4);
+    assert_int_equal(sa_mcache_list_cap(sa_size_class(262144)), 1);
+    cpu_set_t old, one;
+    assert_int_equal(sched_getaffinity(0, sizeof(old), &old), 0);
+    CPU_ZERO(&one);
+    CPU_SET((unsigned)sched_getcpu(), &one);
+    assert_int_equal(sched_setaffinity(0, sizeof(one), &one), 0);
+    sa_mcache_flush_current();
+    assert_int_equal(sa_mcache_held_blocks(cls), 0);
+    void *blocks[N];
+    for (int i = 0; i < N; i++)
+        blocks[i] = spanalloc_malloc(16384);
+    for (int i = 0; i < N; i++)
+        spanalloc_free(blocks[i]);
+    uint64_t held = sa_mcache_held_blocks(cls);
+    sched_setaffinity(0, sizeof(old), &old);
+    assert_true(held >= 5); /* 2 at most with two blocks per class */
+    assert_true(held <= sa_mcache_list_cap(cls));
+}
+
 /* ---- Probes in a fresh process */
 
 /* Child: pinned to CPU 0, threads allocate; prints the mode and the CPUs
@@ -543,6 +576,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(idle_cpu_caches_are_drained),
         cmocka_unit_test(cpu_caches_stay_bounded),
         cmocka_unit_test(fallback_caches_start_small),
+        cmocka_unit_test(big_block_classes_cache_a_few_blocks),
         cmocka_unit_test(memory_follows_the_cpus_used),
         cmocka_unit_test(no_rseq_means_fallback),
         cmocka_unit_test(fork_child_keeps_the_cpu_caches),
