@@ -125,9 +125,17 @@ struct sa_span {
     uint64_t free_magic;
     uint64_t free_limit;
 
+    /* Free spans only, under the heap lock: written while no object of the
+     * span is live, so sharing free()'s line costs the fast path nothing. */
+    uint64_t idle_since_ns;              /* when the span last became idle */
+    uint32_t released_pages;             /* pages whose memory is with the OS */
+
+    /* Second cache line: what changes while the span is in use.  A refill or
+     * flush on one CPU writes these under the class lock; kept off the first
+     * line, they do not take that line away from another CPU's free(). */
+
     /* Small spans, under their mcentral's lock. */
-    uint32_t nelems;      /* objects the span holds; 0 unless SMALL, so that
-                           * free()'s index check also rejects other states */
+    uint32_t nelems __attribute__((aligned(64))); /* objects the span holds; 0 unless SMALL */
     uint32_t nalloc;      /* objects out of the span (live or in caches) */
     uint32_t ncarved;     /* objects [0, ncarved) were handed out once */
     void *freelist;       /* returned objects, encoded links */
@@ -136,16 +144,18 @@ struct sa_span {
      * mcentral's partial list) or the heap lock (a free-index bucket). */
     struct sa_span *next, *prev;
 
-    /* Free spans, under the heap lock. */
-    struct sa_span *age_next, *age_prev; /* dirty spans, oldest first */
-    uint64_t idle_since_ns;              /* when the span last became idle */
-    uint32_t released_pages;             /* pages whose memory is with the OS */
+    /* Dirty free spans, oldest first, under the heap lock. */
+    struct sa_span *age_next, *age_prev;
 
     /* The heap profile's record of the span's one object if it was sampled
      * (profile/), else NULL: set after the heap hands the span out, cleared
      * before it goes back, so every span the heap holds has NULL here. */
     void *prof;
-} __attribute__((aligned(64))); /* what free() reads shares one cache line */
+} __attribute__((aligned(64)));
+/* free() reads one line, which only the span's owner tier writes before the
+ * span is published (see the second line's comment). */
+_Static_assert(offsetof(struct sa_span, nelems) == 64, "free()'s fields fill the first line");
+_Static_assert(sizeof(struct sa_span) == 128, "a span record is two cache lines");
 
 struct sa_span_list {
     struct sa_span *first;
