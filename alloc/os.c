@@ -133,6 +133,13 @@ void sa_os_unmap(void *addr, size_t bytes)
  * pages are released: with 16 or 64 KiB OS pages an 8 KiB-aligned range
  * keeps its partial OS pages at both ends (their data stays: the page map's
  * known-zero bitmap leaves them out, see sa_pagemap_note_released). */
+/* Written once at init, but a test flips it while the scavenger may be
+ * releasing: a relaxed load (a plain load's code) keeps that defined. */
+static bool madvise_free(void)
+{
+    return __atomic_load_n(&sa_options.madvise_free, __ATOMIC_RELAXED);
+}
+
 bool sa_os_release(void *addr, size_t bytes)
 {
     size_t os_page = sa_os_page_size();
@@ -140,7 +147,7 @@ bool sa_os_release(void *addr, size_t bytes)
     uintptr_t end = ((uintptr_t)addr + bytes) & ~(uintptr_t)(os_page - 1);
     if (end <= start)
         return true;
-    int advice = sa_options.madvise_free ? MADV_FREE : MADV_DONTNEED;
+    int advice = madvise_free() ? MADV_FREE : MADV_DONTNEED;
     return madvise((void *)start, end - start, advice) == 0;
 }
 
@@ -149,7 +156,7 @@ bool sa_os_release(void *addr, size_t bytes)
  * kernel may leave the old contents until it is short of memory. */
 bool sa_os_release_zeroes(void)
 {
-    return !sa_options.madvise_free;
+    return !madvise_free();
 }
 
 void sa_os_random(void *buf, size_t len)
@@ -181,15 +188,18 @@ uint64_t sa_os_now_ns(void)
     return sa_os_monotonic_ns();
 }
 
-size_t sa_os_page_size_override; /* test hook, set before the heap is used */
+/* Test hook: a test sets it between its own allocations while the
+ * scavenger may be releasing, hence the relaxed atomic accesses. */
+size_t sa_os_page_size_override;
 
 size_t sa_os_page_size(void)
 {
     /* Threads' first maps may race to fill it: each stores the same value,
      * relaxed atomics make that race defined. */
     static _Atomic size_t cached;
-    if (SA_UNLIKELY(sa_os_page_size_override != 0))
-        return sa_os_page_size_override;
+    size_t forced = __atomic_load_n(&sa_os_page_size_override, __ATOMIC_RELAXED);
+    if (SA_UNLIKELY(forced != 0))
+        return forced;
     size_t page = atomic_load_explicit(&cached, memory_order_relaxed);
     if (page == 0) {
         long p = sysconf(_SC_PAGESIZE);

@@ -238,10 +238,11 @@ static void calloc_after_release_reads_zero(size_t size, int n)
 static void calloc_after_madv_free_release(void **state)
 {
     (void)state;
-    sa_options.madvise_free = true;
+    /* atomic: the scavenger may be releasing (os.c reads it so) */
+    __atomic_store_n(&sa_options.madvise_free, true, __ATOMIC_RELAXED);
     calloc_after_release_reads_zero(1 << 20, 32);
     calloc_after_release_reads_zero((1 << 20) + 3 * 8192, 16);
-    sa_options.madvise_free = false;
+    __atomic_store_n(&sa_options.madvise_free, false, __ATOMIC_RELAXED);
 }
 
 /* With OS pages bigger than spanalloc's 8 KiB pages, a release leaves the
@@ -251,11 +252,11 @@ static void calloc_with_large_os_pages(void **state)
     (void)state;
     const size_t pages[] = {16384, 65536};
     for (int i = 0; i < 2; i++) {
-        sa_os_page_size_override = pages[i];
+        __atomic_store_n(&sa_os_page_size_override, pages[i], __ATOMIC_RELAXED);
         calloc_after_release_reads_zero((1 << 20) + 8192, 32);
         calloc_after_release_reads_zero(5 * 8192, 64);
         calloc_after_release_reads_zero(100 << 10, 64);
-        sa_os_page_size_override = 0;
+        __atomic_store_n(&sa_os_page_size_override, 0, __ATOMIC_RELAXED);
     }
 }
 
