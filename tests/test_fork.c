@@ -743,6 +743,34 @@ static void fork_while_another_thread_releases(void **state)
     assert_int_equal(end.heap_idle, end.heap_released);
 }
 
+static void unhook_chain(void)
+{
+    sa_mcentral_chain_hook = NULL;
+}
+
+static void unhook_move(void)
+{
+    sa_mcentral_move_hook = NULL;
+}
+
+/* Start a thread of a hook test.  If that fails, undo what the test set up
+ * before failing (the signal mask, a paused thread's wake-up, the hook), so
+ * the tests after it do not hang on it. */
+static void start_hooked(pthread_t *t, void *(*fn)(void *), void *arg, const sigset_t *old,
+                         int wake_fd, void (*unhook)(void))
+{
+    int e = pthread_create(t, NULL, fn, arg);
+    if (e == 0)
+        return;
+    pthread_sigmask(SIG_SETMASK, old, NULL);
+    if (wake_fd >= 0) {
+        ssize_t put = write(wake_fd, "x", 1);
+        (void)put;
+    }
+    unhook();
+    fail_msg("pthread_create: %s", strerror(e));
+}
+
 /* ---- Fork while a thread carries empty spans from a class to the heap.
  * sa_mcentral_release drops the class lock before it hands the spans that
  * became empty to the heap; a fork in between must wait for the carrier
@@ -796,10 +824,10 @@ static void fork_while_empty_spans_are_carried(void **state)
     sigaddset(&alrm, SIGALRM);
     pthread_sigmask(SIG_BLOCK, &alrm, &old);
     pthread_t c, r;
-    assert_int_equal(pthread_create(&c, NULL, carrier, block), 0);
+    start_hooked(&c, carrier, block, &old, -1, unhook_chain);
     while (!atomic_load(&carrier_paused))
         sched_yield();
-    assert_int_equal(pthread_create(&r, NULL, releaser, NULL), 0);
+    start_hooked(&r, releaser, NULL, &old, carry_pipe[1], unhook_chain);
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     pid_t pid = fork_plain();
     assert_true(pid >= 0);
@@ -859,8 +887,9 @@ static void fork_while_batches_are_drained(void **state)
     sigaddset(&alrm, SIGALRM);
     pthread_sigmask(SIG_BLOCK, &alrm, &old);
     pthread_t t;
-    assert_int_equal(pthread_create(&t, NULL, park_and_drain, NULL), 0);
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    int created = pthread_create(&t, NULL, park_and_drain, NULL);
+    pthread_sigmask(SIG_SETMASK, &old, NULL); /* before a failed assert leaves it blocked */
+    assert_int_equal(created, 0);
     while (atomic_load(&probe_block) == NULL)
         sched_yield();
     int failures = 0;
@@ -962,7 +991,7 @@ static void fork_while_a_batch_is_in_hand(bool flush)
     sigaddset(&alrm, SIGALRM);
     pthread_sigmask(SIG_BLOCK, &alrm, &old);
     pthread_t m, r;
-    assert_int_equal(pthread_create(&m, NULL, mover, flush ? (void *)1 : NULL), 0);
+    start_hooked(&m, mover, flush ? (void *)1 : NULL, &old, -1, unhook_move);
     while (!atomic_load(&mover_paused) && !atomic_load(&mover_done))
         sched_yield();
     if (!atomic_load(&mover_paused)) { /* no move reached the hook: fail, not hang */
@@ -971,7 +1000,7 @@ static void fork_while_a_batch_is_in_hand(bool flush)
         sa_mcentral_move_hook = NULL;
         fail_msg("the mover never held a batch in hand");
     }
-    assert_int_equal(pthread_create(&r, NULL, move_releaser, NULL), 0);
+    start_hooked(&r, move_releaser, NULL, &old, move_pipe[1], unhook_move);
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     pid_t pid = fork_plain();
     assert_true(pid >= 0);
