@@ -12,6 +12,7 @@
 
 void *sa_malloc_large(size_t size, size_t align);
 void *sa_malloc_own_span(size_t size, size_t align);
+void *sa_malloc_own_span_as(size_t size, size_t align, size_t counted);
 
 /* malloc without the heap profile's hook (the sampler's fallback).  One
  * inlined copy of the cache pop for both lookups: two copies would end in one

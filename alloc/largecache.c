@@ -106,6 +106,11 @@ struct sa_span *sa_mheap_take_cached(size_t npages)
 /* One lock round trip: the cache, else the page allocator. */
 struct sa_span *sa_mheap_alloc_large(size_t npages, size_t align_pages)
 {
+    return sa_mheap_alloc_large_as(npages, align_pages, 0);
+}
+
+struct sa_span *sa_mheap_alloc_large_as(size_t npages, size_t align_pages, size_t counted)
+{
     bool grew = false;
     sa_mheap_lock();
     struct sa_span *s = align_pages <= 1 ? take_cached_locked(npages) : NULL;
@@ -118,6 +123,8 @@ struct sa_span *sa_mheap_alloc_large(size_t npages, size_t align_pages)
             flush_large_cache_locked();
         s = sa_mheap_alloc_locked(npages, align_pages, 0, &grew);
     }
+    if (s != NULL)
+        sa_mheap_count_large_as_locked(s, counted);
     sa_mheap_unlock();
     sa_hooks_after_refill(grew);
     return s;
@@ -127,8 +134,13 @@ struct sa_span *sa_mheap_alloc_large(size_t npages, size_t align_pages)
 /* One lock round trip: kept in the cache, or freed to the heap. */
 void sa_mheap_free_large_cached(struct sa_span *s)
 {
+    sa_mheap_free_large_cached_as(s, 0);
+}
+
+void sa_mheap_free_large_cached_as(struct sa_span *s, size_t counted)
+{
     sa_mheap_lock();
-    sa_mheap_claim_large_free_locked(s);
+    sa_mheap_claim_large_free_as_locked(s, counted);
     if (!cache_put_locked(s))
         sa_mheap_free_locked(s);
     uint64_t excess = sa_mheap_idle_excess_locked();

@@ -35,9 +35,15 @@ void *sa_malloc_large(size_t size, size_t align)
     return sa_malloc_own_span(size, align);
 }
 
-/* A span of its own for one block, whatever its size (the heap profile's
- * sampled blocks come here too). */
+/* A span of its own for one block, whatever its size. */
 void *sa_malloc_own_span(size_t size, size_t align)
+{
+    return sa_malloc_own_span_as(size, align, 0);
+}
+
+/* The heap profile's sampled blocks: counted as `counted` bytes (a sampled
+ * small block's class size; 0: the span's pages). */
+void *sa_malloc_own_span_as(size_t size, size_t align, size_t counted)
 {
     sa_ensure_init();
     if (size > SA_MAX_REQUEST || align > ((size_t)1 << (SA_ADDR_BITS - 2)) ||
@@ -48,7 +54,7 @@ void *sa_malloc_own_span(size_t size, size_t align)
     size_t npages = (size + SA_PAGE_SIZE - 1) >> SA_PAGE_SHIFT;
     size_t align_pages = align > SA_PAGE_SIZE ? align >> SA_PAGE_SHIFT : 1;
     npages = npages ? npages : 1;
-    struct sa_span *s = sa_mheap_alloc_large(npages, align_pages); /* the cache first */
+    struct sa_span *s = sa_mheap_alloc_large_as(npages, align_pages, counted); /* the cache first */
     if (s == NULL) {
         errno = ENOMEM;
         return NULL;

@@ -525,6 +525,26 @@ void sa_mheap_count_large_malloc(size_t npages)
     counters.large_total_alloc += (uint64_t)npages << SA_PAGE_SHIFT;
 }
 
+void sa_mheap_count_large_as_locked(const struct sa_span *s, size_t counted)
+{
+    uint64_t pages = (uint64_t)s->npages << SA_PAGE_SHIFT;
+    if (counted == 0 || counted >= pages)
+        return;
+    counters.large_alloc_bytes -= pages - counted;
+    counters.large_total_alloc -= pages - counted;
+}
+
+void sa_mheap_recount_large(const struct sa_span *s, size_t counted)
+{
+    uint64_t pages = (uint64_t)s->npages << SA_PAGE_SHIFT;
+    if (counted == 0 || counted >= pages)
+        return;
+    sa_lock_acquire(&heap_lock);
+    counters.large_alloc_bytes += pages - counted;
+    counters.large_total_alloc += pages - counted;
+    sa_lock_release(&heap_lock);
+}
+
 struct sa_span *sa_mheap_alloc_locked(size_t npages, size_t align_pages, unsigned cls, bool *grew)
 {
     struct sa_span *s = alloc_locked(npages, align_pages, grew);
@@ -677,12 +697,18 @@ void sa_mheap_free(struct sa_span *s)
  * use (a second free racing the first finds it is not, and is reported). */
 void sa_mheap_claim_large_free_locked(struct sa_span *s)
 {
+    sa_mheap_claim_large_free_as_locked(s, 0);
+}
+
+void sa_mheap_claim_large_free_as_locked(struct sa_span *s, size_t counted)
+{
     if (s->state != SA_SPAN_LARGE) {
         sa_lock_release(&heap_lock);
         sa_report("free: block already freed (double free)", (void *)s->base, NULL);
     }
+    uint64_t pages = (uint64_t)s->npages << SA_PAGE_SHIFT;
     counters.large_frees++;
-    counters.large_alloc_bytes -= (uint64_t)s->npages << SA_PAGE_SHIFT;
+    counters.large_alloc_bytes -= counted != 0 && counted < pages ? counted : pages;
 }
 
 void sa_mheap_free_large(struct sa_span *s)

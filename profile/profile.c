@@ -116,27 +116,24 @@ void sa_prof_record(struct sa_span *s, const uintptr_t *pcs, unsigned depth, siz
         blk = chunk_take(sizeof(*blk));
     if (b == NULL || blk == NULL) {
         /* No memory for the record: the block stays an unsampled one-object
-         * span (its usable size is the span's, which the stats count). */
+         * span (its usable size is the span's, which the stats then count). */
         if (blk != NULL) {
             blk->next_free = free_blocks;
             free_blocks = blk;
         }
         pthread_mutex_unlock(&sa_prof_lock);
+        if (cls != 0)
+            sa_mheap_recount_large(s, usable);
         return;
     }
     blk->bucket = b;
     blk->usable = usable;
     blk->weight = w;
     blk->cls = cls;
-    blk->span_bytes = (uint32_t)((size_t)s->npages << SA_PAGE_SHIFT);
     b->alloc_objects += w;
     b->alloc_bytes += w * (double)usable;
-    if (cls != 0) {
-        uint64_t excess = blk->span_bytes - usable;
+    if (cls != 0)
         counters.mallocs[cls]++;
-        counters.live_excess += excess;
-        counters.total_excess += excess;
-    }
     s->prof = blk;
     pthread_mutex_unlock(&sa_prof_lock);
 }
@@ -149,19 +146,19 @@ void sa_profile_free(struct sa_span *s)
 {
     pthread_mutex_lock(&sa_prof_lock);
     struct sa_prof_block *blk = s->prof;
+    size_t counted = 0; /* what the heap counted the block as (0: its span) */
     if (blk != NULL) { /* NULL: a racing double free, which the heap reports */
+        counted = blk->cls != 0 ? blk->usable : 0;
         s->prof = NULL;
         struct sa_prof_bucket *b = blk->bucket;
         b->free_objects += blk->weight;
         b->free_bytes += blk->weight * (double)blk->usable;
-        if (blk->cls != 0) {
+        if (blk->cls != 0)
             counters.frees[blk->cls]++;
-            counters.live_excess -= blk->span_bytes - blk->usable;
-        }
         blk->next_free = free_blocks;
         free_blocks = blk;
     }
-    sa_mheap_free_large_cached(s);
+    sa_mheap_free_large_cached_as(s, counted);
     pthread_mutex_unlock(&sa_prof_lock);
 }
 

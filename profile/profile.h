@@ -34,15 +34,13 @@ void sa_profile_fork_prepare(void);
 void sa_profile_fork_parent(void);
 void sa_profile_fork_child(void);
 
-/* read_mem_stats: a sampled small block is a one-object span as far as the
- * heap's counters go (its pages are counted as a large object's); these
- * corrections make heap_alloc, total_alloc and by_size count it as the small
- * block it is.  Read before the heap's counters: a block is counted by the
- * heap before the profile records it, and unrecorded before the heap frees
- * it, so a racing reader over-counts briefly and never wraps. */
+/* read_mem_stats: a sampled small block is a one-object span, which the
+ * heap counts in heap_alloc and total_alloc at its class's size in the same
+ * locked step as the span (sa_mheap_alloc_large_as); these counts put it in
+ * its class's by_size too.  Read before the heap's counters: a block is
+ * counted by the heap before the profile records it, and unrecorded before
+ * the heap frees it. */
 struct sa_profile_stats {
-    uint64_t live_excess;   /* span bytes - usable bytes of live sampled small blocks */
-    uint64_t total_excess;  /* the same over every sampled small block */
     uint64_t mallocs[SPANALLOC_NUM_SIZE_CLASSES];
     uint64_t frees[SPANALLOC_NUM_SIZE_CLASSES];
     uint64_t sys_bytes;     /* mapped for the profile's records (other_sys) */

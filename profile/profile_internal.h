@@ -36,7 +36,6 @@ struct sa_prof_block {
     uint64_t usable; /* what malloc_usable_size says */
     double weight;   /* 1 / (1 - exp(-request/rate)) */
     uint32_t cls;    /* size class of a small block, 0 if large */
-    uint32_t span_bytes;
 };
 
 extern pthread_mutex_t sa_prof_lock;

@@ -80,7 +80,9 @@ static SA_NOINLINE void *sample(size_t size, size_t align, uintptr_t cfa)
 {
     uint32_t cls;
     size_t usable = usable_for(size, align, &cls);
-    void *p = sa_malloc_own_span(usable ? usable : 1, align);
+    /* A small block is counted by the heap at its class's size, in the
+     * same step as its span: read_mem_stats never sees the span's bytes. */
+    void *p = sa_malloc_own_span_as(usable ? usable : 1, align, cls != 0 ? usable : 0);
     if (p == NULL)
         return sa_malloc_plain(size, align); /* the heap said no; the caches may not */
     struct sa_span *s = sa_pagemap_lookup((uintptr_t)p);

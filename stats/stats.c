@@ -45,9 +45,9 @@ void read_mem_stats(struct mem_stats *out)
     }
     out->mallocs += h.large_mallocs;
     out->frees += h.large_frees;
-    out->heap_alloc = small_alloc + h.large_alloc_bytes - prof.live_excess;
+    out->heap_alloc = small_alloc + h.large_alloc_bytes;
     out->alloc = out->heap_alloc;
-    out->total_alloc = small_total + h.large_total_alloc - prof.total_excess;
+    out->total_alloc = small_total + h.large_total_alloc;
     out->heap_objects = out->mallocs - out->frees;
 
     out->heap_sys = h.sys_bytes;
