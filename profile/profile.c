@@ -6,9 +6,10 @@
  * Buckets (one per distinct stack) keep estimated counts of what was
  * allocated from the stack and what of it was freed; a live sampled block's
  * record points at its bucket.  Both come from mapped chunks that are never
- * unmapped, under one lock (sa_prof_lock) that is a leaf: nothing else is
- * locked while it is held, and nothing while it is held allocates from the
- * heap.  It is taken once per sampled malloc or free (on average once per
+ * unmapped, under one lock (sa_prof_lock).  It is not a leaf: a sampled
+ * free holds it across the heap lock (the record and the span go in one
+ * hold), so it sits between the mcentrals and the heap in the lock order
+ * and fork takes it there (lifecycle.c).  It is taken once per sampled malloc or free (on average once per
  * 512 KiB allocated), never on the unsampled paths.
  */
 #include <errno.h>
