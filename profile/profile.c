@@ -9,8 +9,9 @@
  * unmapped, under one lock (sa_prof_lock).  It is not a leaf: a sampled
  * free holds it across the heap lock (the record and the span go in one
  * hold), so it sits between the mcentrals and the heap in the lock order
- * and fork takes it there (lifecycle.c).  It is taken once per sampled malloc or free (on average once per
- * 512 KiB allocated), never on the unsampled paths.
+ * and fork takes it there (lifecycle.c).  It is taken once per sampled
+ * malloc or free (on average once per 512 KiB allocated), never on the
+ * unsampled paths.
  */
 #include <errno.h>
 #include <fcntl.h>
