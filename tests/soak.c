@@ -3,12 +3,14 @@
  * flat once the heap has reached its working size (no creeping
  * fragmentation, no leak in the tiers, no growth of metadata).
  *
- * Two threads each keep a pool of slots; every step frees a random slot and
- * fills it again with a block of a random size (80% 16..512 B, 18%
- * 512 B..16 KiB, 2% 32..256 KiB), writes all of it and checks a tag when it
- * is freed.  One block in 64 is handed to the other thread through a mailbox
- * and freed there.  The live heap is therefore a stationary random process:
- * its mean does not change with time, so neither should RSS or heap_sys.
+ * Two threads each keep a pool of slots whose sizes are drawn once (80%
+ * 16..512 B, 18% 512 B..16 KiB, 2% 32..256 KiB); every step takes two random
+ * slots, swaps their sizes and gives each a new block (written in full, its
+ * tag checked when it is freed).  One block in 64 is handed to the other
+ * thread through a mailbox and freed there (the slot gets a fresh one).  The
+ * live heap is therefore constant but for the mailboxes' few MiB, while sizes
+ * keep moving between addresses: RSS and heap_sys must stay flat, and any
+ * growth is the allocator's (fragmentation, a leak in the tiers, metadata).
  *
  * Every --interval seconds (default 10) the main thread prints RSS (from
  * /proc/self/statm), sys, heap_sys, heap_sys - heap_released ("resident"),
@@ -101,31 +103,52 @@ static void drop_block(void *p)
     spanalloc_free(p);
 }
 
+/* Replace one slot's block; n counts the steps (every 64th hands the new
+ * block to the other thread and takes a fresh one of the same size). */
+static void refill_slot(void **slots, size_t i, size_t size, int self, int other, uint64_t *rng,
+                        uint64_t n)
+{
+    drop_block(slots[i]);
+    slots[i] = make_block(size);
+    if ((n & 63) == 0 && slots[i] != NULL) {
+        /* Hand this one to the other thread; free what it handed us. */
+        size_t m = xorshift(rng) % MAILBOX;
+        drop_block(atomic_exchange(&mailbox[other][m], slots[i]));
+        drop_block(atomic_exchange(&mailbox[self][m], NULL));
+        slots[i] = make_block(size);
+    }
+}
+
+/* Each step takes two slots and gives each a new block of the other's size:
+ * the multiset of sizes drawn at the start never changes, so the live heap
+ * is constant but for the mailboxes (a few MiB, half full on average), while
+ * every size keeps moving to new addresses. */
 static void *worker(void *arg)
 {
     int self = (int)(intptr_t)arg;
     int other = (self + 1) % NTHREADS;
     uint64_t rng = 0x243f6a8885a308d3ull * (uint64_t)(self + 1);
     void **slots = calloc(SLOTS, sizeof(void *));
+    size_t *sizes = calloc(SLOTS, sizeof(size_t));
+    if (slots == NULL || sizes == NULL)
+        abort();
+    for (size_t i = 0; i < SLOTS; i++)
+        sizes[i] = pick_size(&rng);
     uint64_t n = 0;
     while (!atomic_load_explicit(&stop, memory_order_relaxed)) {
-        size_t i = xorshift(&rng) % SLOTS;
-        drop_block(slots[i]);
-        slots[i] = make_block(pick_size(&rng));
-        if ((n & 63) == 0 && slots[i] != NULL) {
-            /* Hand this one to the other thread; free what it handed us. */
-            size_t m = xorshift(&rng) % MAILBOX;
-            drop_block(atomic_exchange(&mailbox[other][m], slots[i]));
-            slots[i] = NULL;
-            drop_block(atomic_exchange(&mailbox[self][m], NULL));
-        }
-        n++;
+        size_t i = xorshift(&rng) % SLOTS, j = xorshift(&rng) % SLOTS;
+        size_t size_i = sizes[i];
+        sizes[i] = sizes[j];
+        sizes[j] = size_i;
+        refill_slot(slots, i, sizes[i], self, other, &rng, n++);
+        refill_slot(slots, j, sizes[j], self, other, &rng, n++);
         if ((n & 1023) == 0)
             atomic_store_explicit(&ops_done[self], n, memory_order_relaxed);
     }
     for (size_t i = 0; i < SLOTS; i++)
         drop_block(slots[i]);
     free(slots);
+    free(sizes);
     return NULL;
 }
 
