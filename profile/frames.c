@@ -142,23 +142,9 @@ static uint64_t read_fixed(struct cursor *c, unsigned n)
     return v;
 }
 
-static uint64_t read_uleb(struct cursor *c)
-{
-    uint64_t v = 0;
-    for (unsigned shift = 0; !c->bad; shift += 7) {
-        if (c->p >= c->end || shift > 63) {
-            c->bad = true;
-            break;
-        }
-        uint8_t b = *c->p++;
-        v |= (uint64_t)(b & 0x7f) << shift;
-        if (!(b & 0x80))
-            return v;
-    }
-    return 0;
-}
-
-static int64_t read_sleb(struct cursor *c)
+/* A LEB128 number's bits; *sign_fill gets the bits an sleb128 sets above
+ * them when its last byte's sign bit (0x40) is set, else 0. */
+static uint64_t read_leb(struct cursor *c, uint64_t *sign_fill)
 {
     uint64_t v = 0;
     for (unsigned shift = 0; !c->bad; shift += 7) {
@@ -169,12 +155,25 @@ static int64_t read_sleb(struct cursor *c)
         uint8_t b = *c->p++;
         v |= (uint64_t)(b & 0x7f) << shift;
         if (!(b & 0x80)) {
-            if (shift + 7 < 64 && (b & 0x40))
-                v |= ~(uint64_t)0 << (shift + 7);
-            return (int64_t)v;
+            *sign_fill = shift + 7 < 64 && (b & 0x40) ? ~(uint64_t)0 << (shift + 7) : 0;
+            return v;
         }
     }
+    *sign_fill = 0;
     return 0;
+}
+
+static uint64_t read_uleb(struct cursor *c)
+{
+    uint64_t unused;
+    return read_leb(c, &unused);
+}
+
+static int64_t read_sleb(struct cursor *c)
+{
+    uint64_t fill;
+    uint64_t v = read_leb(c, &fill);
+    return (int64_t)(v | fill);
 }
 
 enum {

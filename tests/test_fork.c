@@ -169,6 +169,17 @@ static void child_check_blocks_accounted(uint64_t in_flight)
         child_fail(__LINE__, "blocks out of their spans that no one holds", unheld, in_flight);
 }
 
+/* The threads a test starts must not take the SIGALRM meant for the main
+ * thread (see on_alarm): block it while they are created; the caller
+ * restores `old` after. */
+static void block_alarm(sigset_t *old)
+{
+    sigset_t alrm;
+    sigemptyset(&alrm);
+    sigaddset(&alrm, SIGALRM);
+    pthread_sigmask(SIG_BLOCK, &alrm, old);
+}
+
 /* Wait for the child, at most 30 s (SIGALRM is blocked in every other
  * thread, so it interrupts this waitpid).  Returns the wait status, or -1
  * after killing a child that hung. */
@@ -266,10 +277,8 @@ static void *busy(void *arg)
 static void start_busy(pthread_t *t)
 {
     /* The busy threads must not take the parent's SIGALRM. */
-    sigset_t alrm, old;
-    sigemptyset(&alrm);
-    sigaddset(&alrm, SIGALRM);
-    pthread_sigmask(SIG_BLOCK, &alrm, &old);
+    sigset_t old;
+    block_alarm(&old);
     atomic_store(&stop_busy, false);
     atomic_store(&busy_ops, 0);
     for (int i = 0; i < NBUSY; i++)
@@ -592,10 +601,8 @@ static void fork_from_a_secondary_thread(void **state)
     /* mcache_inuse counts live caches: the main thread's is one of them. */
     struct fork_from_thread r = {.status = -1, .mcache_inuse_one = base_threads_inuse};
     pthread_t t;
-    sigset_t alrm, old;
-    sigemptyset(&alrm);
-    sigaddset(&alrm, SIGALRM);
-    pthread_sigmask(SIG_BLOCK, &alrm, &old); /* the alarm is for the forking thread */
+    sigset_t old;
+    block_alarm(&old); /* the alarm is for the forking thread */
     assert_int_equal(pthread_create(&t, NULL, fork_from_thread, &r), 0);
     assert_int_equal(pthread_join(t, NULL), 0);
     pthread_sigmask(SIG_SETMASK, &old, NULL);
@@ -707,10 +714,8 @@ static void fork_while_another_thread_releases(void **state)
     (void)state;
     SKIP_UNDER_MEMCHECK();
     atomic_store(&release_stop, false);
-    sigset_t alrm, old;
-    sigemptyset(&alrm);
-    sigaddset(&alrm, SIGALRM);
-    pthread_sigmask(SIG_BLOCK, &alrm, &old);
+    sigset_t old;
+    block_alarm(&old);
     pthread_t t;
     assert_int_equal(pthread_create(&t, NULL, release_loop, NULL), 0);
     pthread_sigmask(SIG_SETMASK, &old, NULL);
@@ -795,12 +800,14 @@ static void *carrier(void *arg)
     return NULL;
 }
 
+/* Wakes the paused thread (a byte into the pipe `arg`) once fork_prepare
+ * says it is waiting, or, on a build without the wait, once fork returned. */
 static void *releaser(void *arg)
 {
-    (void)arg;
+    int wake_fd = (int)(intptr_t)arg;
     while (!atomic_load(&sa_mcentral_fork_waiting) && !atomic_load(&fork_returned))
         sched_yield();
-    ssize_t put = write(carry_pipe[1], "x", 1);
+    ssize_t put = write(wake_fd, "x", 1);
     (void)put;
     return NULL;
 }
@@ -819,15 +826,14 @@ static void fork_while_empty_spans_are_carried(void **state)
     atomic_store(&carrier_paused, false);
     atomic_store(&fork_returned, false);
     sa_mcentral_chain_hook = pause_carrier;
-    sigset_t alrm, old;
-    sigemptyset(&alrm);
-    sigaddset(&alrm, SIGALRM);
-    pthread_sigmask(SIG_BLOCK, &alrm, &old);
+    sigset_t old;
+    block_alarm(&old);
     pthread_t c, r;
     start_hooked(&c, carrier, block, &old, -1, unhook_chain);
     while (!atomic_load(&carrier_paused))
         sched_yield();
-    start_hooked(&r, releaser, NULL, &old, carry_pipe[1], unhook_chain);
+    start_hooked(&r, releaser, (void *)(intptr_t)carry_pipe[1], &old, carry_pipe[1],
+                 unhook_chain);
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     pid_t pid = fork_plain();
     assert_true(pid >= 0);
@@ -882,10 +888,8 @@ static void fork_while_batches_are_drained(void **state)
     free_os_memory(); /* this thread's cached blocks back in their spans */
     atomic_store(&drain_stop, false);
     atomic_store(&probe_block, NULL);
-    sigset_t alrm, old;
-    sigemptyset(&alrm);
-    sigaddset(&alrm, SIGALRM);
-    pthread_sigmask(SIG_BLOCK, &alrm, &old);
+    sigset_t old;
+    block_alarm(&old);
     pthread_t t;
     int created = pthread_create(&t, NULL, park_and_drain, NULL);
     pthread_sigmask(SIG_SETMASK, &old, NULL); /* before a failed assert leaves it blocked */
@@ -967,16 +971,6 @@ static void *mover(void *arg)
     return NULL;
 }
 
-static void *move_releaser(void *arg)
-{
-    (void)arg;
-    while (!atomic_load(&sa_mcentral_fork_waiting) && !atomic_load(&fork_returned))
-        sched_yield();
-    ssize_t put = write(move_pipe[1], "x", 1);
-    (void)put;
-    return NULL;
-}
-
 static void fork_while_a_batch_is_in_hand(bool flush)
 {
     SKIP_UNDER_MEMCHECK(); /* no thread has a cache there: no batch in hand */
@@ -986,10 +980,8 @@ static void fork_while_a_batch_is_in_hand(bool flush)
     atomic_store(&fork_returned, false);
     atomic_store(&move_armed, 0);
     sa_mcentral_move_hook = pause_mover;
-    sigset_t alrm, old;
-    sigemptyset(&alrm);
-    sigaddset(&alrm, SIGALRM);
-    pthread_sigmask(SIG_BLOCK, &alrm, &old);
+    sigset_t old;
+    block_alarm(&old);
     pthread_t m, r;
     start_hooked(&m, mover, flush ? (void *)1 : NULL, &old, -1, unhook_move);
     while (!atomic_load(&mover_paused) && !atomic_load(&mover_done))
@@ -1000,7 +992,8 @@ static void fork_while_a_batch_is_in_hand(bool flush)
         sa_mcentral_move_hook = NULL;
         fail_msg("the mover never held a batch in hand");
     }
-    start_hooked(&r, move_releaser, NULL, &old, move_pipe[1], unhook_move);
+    start_hooked(&r, releaser, (void *)(intptr_t)move_pipe[1], &old, move_pipe[1],
+                 unhook_move);
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     pid_t pid = fork_plain();
     assert_true(pid >= 0);
@@ -1070,10 +1063,8 @@ static void fork_while_caches_refill_and_flush(void **state)
     (void)state;
     SKIP_UNDER_MEMCHECK();
     atomic_store(&churn_stop, false);
-    sigset_t alrm, old;
-    sigemptyset(&alrm);
-    sigaddset(&alrm, SIGALRM);
-    pthread_sigmask(SIG_BLOCK, &alrm, &old);
+    sigset_t old;
+    block_alarm(&old);
     pthread_t t[NCHURN];
     for (int i = 0; i < NCHURN; i++)
         assert_int_equal(pthread_create(&t[i], NULL, churn, (void *)(uintptr_t)i), 0);
