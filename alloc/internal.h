@@ -495,12 +495,15 @@ struct sa_heap_counters {
  * must then call sa_hooks_heap_grew() once it holds no lock. */
 struct sa_span *sa_mheap_alloc(size_t npages, size_t align_pages, unsigned cls, bool *grew);
 void sa_mheap_free(struct sa_span *s);
-struct sa_span *sa_mheap_alloc_large(size_t npages, size_t align_pages);
-/* The same, the block counted in heap_alloc and total_alloc as `counted`
+/* A large span, the block counted in heap_alloc and total_alloc as `counted`
  * bytes instead of the span's (a sampled small block: its class's size),
  * in the same hold of the heap lock as the allocation, so that no reader
  * sees the span's bytes first; 0 counts the span. */
 struct sa_span *sa_mheap_alloc_large_as(size_t npages, size_t align_pages, size_t counted);
+static inline struct sa_span *sa_mheap_alloc_large(size_t npages, size_t align_pages)
+{
+    return sa_mheap_alloc_large_as(npages, align_pages, 0); /* inline: no extra call */
+}
 /* Count an already counted large span s as its whole span again (a sampled
  * block left without its profile record). */
 void sa_mheap_recount_large(const struct sa_span *s, size_t counted);
@@ -511,9 +514,12 @@ bool sa_mheap_shrink_large(struct sa_span *s, size_t npages);
 /* The large-span cache (alloc/largecache.c; malloc.c's large objects):
  * free keeps a small span whole, or frees it as sa_mheap_free_large; take
  * returns one of exactly npages, or NULL. */
-void sa_mheap_free_large_cached(struct sa_span *s);
 /* The free of a span allocated by sa_mheap_alloc_large_as(.., counted). */
 void sa_mheap_free_large_cached_as(struct sa_span *s, size_t counted);
+static inline void sa_mheap_free_large_cached(struct sa_span *s)
+{
+    sa_mheap_free_large_cached_as(s, 0);
+}
 struct sa_span *sa_mheap_take_cached(size_t npages);
 void sa_mheap_flush_large_cache(void); /* every cached span back to the heap */
 #define SA_LARGE_CACHE_MAX_BYTES ((size_t)1 << 20) /* the largest span it keeps */

@@ -104,11 +104,6 @@ struct sa_span *sa_mheap_take_cached(size_t npages)
 }
 
 /* One lock round trip: the cache, else the page allocator. */
-struct sa_span *sa_mheap_alloc_large(size_t npages, size_t align_pages)
-{
-    return sa_mheap_alloc_large_as(npages, align_pages, 0);
-}
-
 struct sa_span *sa_mheap_alloc_large_as(size_t npages, size_t align_pages, size_t counted)
 {
     bool grew = false;
@@ -123,7 +118,7 @@ struct sa_span *sa_mheap_alloc_large_as(size_t npages, size_t align_pages, size_
             flush_large_cache_locked();
         s = sa_mheap_alloc_locked(npages, align_pages, 0, &grew);
     }
-    if (s != NULL)
+    if (s != NULL && counted != 0) /* only sampled blocks count otherwise */
         sa_mheap_count_large_as_locked(s, counted);
     sa_mheap_unlock();
     sa_hooks_after_refill(grew);
@@ -132,11 +127,6 @@ struct sa_span *sa_mheap_alloc_large_as(size_t npages, size_t align_pages, size_
 
 
 /* One lock round trip: kept in the cache, or freed to the heap. */
-void sa_mheap_free_large_cached(struct sa_span *s)
-{
-    sa_mheap_free_large_cached_as(s, 0);
-}
-
 void sa_mheap_free_large_cached_as(struct sa_span *s, size_t counted)
 {
     sa_mheap_lock();

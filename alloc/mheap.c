@@ -695,11 +695,6 @@ void sa_mheap_free(struct sa_span *s)
 
 /* Heap lock held: count the free of large span s, which must still be in
  * use (a second free racing the first finds it is not, and is reported). */
-void sa_mheap_claim_large_free_locked(struct sa_span *s)
-{
-    sa_mheap_claim_large_free_as_locked(s, 0);
-}
-
 void sa_mheap_claim_large_free_as_locked(struct sa_span *s, size_t counted)
 {
     if (s->state != SA_SPAN_LARGE) {

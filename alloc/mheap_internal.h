@@ -22,10 +22,13 @@ void sa_mheap_count_large_malloc(size_t npages);
 /* Heap lock held: large span s, just counted (or about to be uncounted) as
  * its pages, is counted as `counted` bytes instead (0: as its pages). */
 void sa_mheap_count_large_as_locked(const struct sa_span *s, size_t counted);
-/* Count the free of large span s; a double free is reported. */
-void sa_mheap_claim_large_free_locked(struct sa_span *s);
-/* The same for a span counted as `counted` bytes (0: its pages). */
+/* Count the free of large span s, counted as `counted` bytes (0: its
+ * pages); a double free is reported. */
 void sa_mheap_claim_large_free_as_locked(struct sa_span *s, size_t counted);
+static inline void sa_mheap_claim_large_free_locked(struct sa_span *s)
+{
+    sa_mheap_claim_large_free_as_locked(s, 0);
+}
 /* Return span s to the free structures, idle since idle_since (ns), or
  * since now. */
 void sa_mheap_free_locked_since(struct sa_span *s, uint64_t idle_since);
