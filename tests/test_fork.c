@@ -225,9 +225,11 @@ static atomic_bool stop_busy;
 static atomic_ulong busy_ops;
 static atomic_int busy_failures;
 static atomic_bool busy_light; /* small malloc/free only, no pattern */
+static atomic_int busy_started;
 
 static void *busy(void *arg)
 {
+    atomic_fetch_add(&busy_started, 1);
     unsigned rng = (unsigned)(uintptr_t)arg;
     void *ring[RING] = {0};
     size_t sizes[RING] = {0};
@@ -281,9 +283,19 @@ static void start_busy(pthread_t *t)
     block_alarm(&old);
     atomic_store(&stop_busy, false);
     atomic_store(&busy_ops, 0);
+    atomic_store(&busy_started, 0);
     for (int i = 0; i < NBUSY; i++)
         assert_int_equal(pthread_create(&t[i], NULL, busy, (void *)(uintptr_t)(77 + i)), 0);
     pthread_sigmask(SIG_SETMASK, &old, NULL);
+    /* No fork before every thread runs its own code: a thread still being
+     * started is inside libc (and, in the sanitizer builds, inside ASan's
+     * allocator: its thread start calls calloc under a lock that ASan does
+     * not take across fork), so a fork then could leave the child a lock
+     * held by a thread it does not have: the child's first pthread_create
+     * hangs on it.  That is libc's and ASan's rule (only async-signal-safe
+     * calls after fork of a threaded process), not the allocator's. */
+    while (atomic_load(&busy_started) < NBUSY)
+        sched_yield();
 }
 
 static void stop_and_join_busy(pthread_t *t)
