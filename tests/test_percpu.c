@@ -99,6 +99,53 @@ static void *worker_main(void *arg)
     return NULL;
 }
 
+/* A worker whose every round moves whole batches: it allocates more than
+ * twice its class's cache capacity, then frees it all, so that most of its
+ * operations end in a refill (blocks pushed onto the slab a chunk per
+ * section) or a flush (popped a chunk per section).  Tags as above. */
+enum { BULK_MAX = 4100 };
+static void *bulk_worker_main(void *arg)
+{
+    struct worker *w = arg;
+    atomic_store(&w->tid, (pid_t)syscall(SYS_gettid));
+    static const size_t sizes[] = {16, 48, 256, 1024};
+    uint64_t **held = malloc(BULK_MAX * sizeof(*held));
+    if (held == NULL) {
+        atomic_fetch_add(&w->errors, 1);
+        atomic_fetch_add(&workers_done, 1);
+        return NULL;
+    }
+    unsigned long op = 0;
+    for (unsigned round = 0; op < OPS / 2; round++) {
+        size_t size = sizes[(round + w->id) % 4];
+        uint32_t n = 2 * sa_mcache_list_cap(sa_size_class(size)) + 3;
+        n = n < BULK_MAX ? n : BULK_MAX;
+        for (uint32_t i = 0; i < n; i++, op++) {
+            held[i] = spanalloc_malloc(size);
+            if (held[i] == NULL) {
+                atomic_fetch_add(&w->errors, 1);
+                n = i;
+                break;
+            }
+            uint64_t tag = ((uint64_t)w->id << 40) | ((uint64_t)round << 20) | i;
+            held[i][0] = tag;
+            held[i][size / 8 - 1] = tag;
+        }
+        for (uint32_t i = 0; i < n; i++) {
+            uint64_t tag = ((uint64_t)w->id << 40) | ((uint64_t)round << 20) | i;
+            if (held[i][0] != tag || held[i][size / 8 - 1] != tag)
+                atomic_fetch_add(&w->errors, 1);
+            spanalloc_free(held[i]);
+        }
+        atomic_store_explicit(&w->ops, op, memory_order_relaxed);
+    }
+    free(held);
+    atomic_fetch_add(&workers_done, 1);
+    while (!atomic_load(&release_workers))
+        sched_yield(); /* the signaller and flipper still address this thread */
+    return NULL;
+}
+
 /* Signals into the workers, as fast as they can be sent: each one arrives
  * wherever the worker is, often inside a section. */
 static void *signaller(void *arg)
@@ -145,6 +192,7 @@ static void drain_everything(void)
 struct churn_options {
     unsigned workers;
     bool signals, flips, drains;
+    bool bulk; /* bulk_worker_main: batches move in most operations */
 };
 
 static void churn(struct churn_options o)
@@ -164,7 +212,9 @@ static void churn(struct churn_options o)
     atomic_store(&signals_taken, 0);
     for (unsigned i = 0; i < o.workers; i++) {
         ws[i].id = i + 1;
-        assert_int_equal(pthread_create(&ws[i].th, NULL, worker_main, &ws[i]), 0);
+        assert_int_equal(pthread_create(&ws[i].th, NULL, o.bulk ? bulk_worker_main : worker_main,
+                                        &ws[i]),
+                         0);
     }
     pthread_t sig_th, flip_th;
     if (o.signals)
@@ -236,6 +286,14 @@ static void migrations_during_the_fast_path(void **state)
 {
     (void)state;
     churn((struct churn_options){.workers = 8, .signals = true, .flips = true});
+}
+
+/* Refills and flushes, which move a chunk of blocks per section, with
+ * signals and migrations landing inside those sections. */
+static void signals_and_migrations_during_batch_moves(void **state)
+{
+    (void)state;
+    churn((struct churn_options){.workers = 8, .signals = true, .flips = true, .bulk = true});
 }
 
 /* Draining the caches of CPUs that threads are using at that moment. */
@@ -571,6 +629,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(oversubscribed_threads_keep_every_block),
         cmocka_unit_test(signals_during_the_fast_path),
         cmocka_unit_test(migrations_during_the_fast_path),
+        cmocka_unit_test(signals_and_migrations_during_batch_moves),
         cmocka_unit_test(draining_busy_cpus_loses_nothing),
         cmocka_unit_test(thread_exit_needs_no_flush),
         cmocka_unit_test(idle_cpu_caches_are_drained),
