@@ -407,15 +407,10 @@ empty:
     return NULL;
 }
 
-/* Blocks move between a slab and a batch SA_MOVE_CHUNK at a time, one
- * restartable section per chunk (percpu.h): the array lives on the stack
- * of the slow path, 512 bytes. */
-#define SA_MOVE_CHUNK 64
-
 /* Refill: one batch from the mcentral; the first block is the caller's, the
- * rest go onto the slab (they carry the mark the mcentral wrote), a chunk
- * per section.  What does not fit (the slab was drained meanwhile, the
- * thread migrated to a fuller CPU) goes back. */
+ * rest go onto the slab (they carry the mark the mcentral wrote).  What does
+ * not fit (the slab was drained meanwhile, the thread migrated to a fuller
+ * CPU) goes back. */
 static void *refill(unsigned cls)
 {
     size_t off = (size_t)cls << SA_LIST_SHIFT;
@@ -439,22 +434,15 @@ static void *refill(unsigned cls)
     atomic_thread_fence(memory_order_release);
     uint32_t pushed = 0;
     while (rest != NULL) {
-        /* The links are read before the push: once on the slab, a block
-         * is anyone's on this CPU. */
-        void *chunk[SA_MOVE_CHUNK];
-        uint32_t n = 0;
-        void *after = rest;
-        do {
-            chunk[n++] = after;
-            after = sa_decode_link(((uintptr_t *)after)[0]);
-        } while (after != NULL && n < SA_MOVE_CHUNK);
-        uint32_t k = sa_slab_push_batch(off, chunk, n);
-        pushed += k;
-        if (k < n) {
-            rest = chunk[k]; /* still linked to the rest of the batch */
-            break;
-        }
-        rest = after;
+        void *next = sa_decode_link(((uintptr_t *)rest)[0]);
+        char *slab;
+        SA_SLAB_PUSH(off, rest, slab, full);
+        (void)slab;
+        pushed++;
+        rest = next;
+        continue;
+    full:
+        break;
     }
     if (rest != NULL) {
         atomic_fetch_sub_explicit(&moved_in[cls], got - 1 - pushed, memory_order_relaxed);
@@ -501,8 +489,8 @@ void *sa_mcache_alloc_slow(unsigned cls)
     return block;
 }
 
-/* Take up to n blocks off the current slab (without counting mallocs), a
- * chunk per section, and hand them to the mcentral as one batch. */
+/* Take up to n blocks off the current slab (without counting mallocs) and
+ * hand them to the mcentral as one batch. */
 static void flush_batch(unsigned cls, uint32_t n)
 {
     size_t off = (size_t)cls << SA_LIST_SHIFT;
@@ -511,18 +499,16 @@ static void flush_batch(unsigned cls, uint32_t n)
     struct sa_move move; /* from the first pop to the release: a fork waits */
     sa_mcentral_move_begin(&move, cls, true);
     while (taken < n) {
-        void *chunk[SA_MOVE_CHUNK];
-        uint32_t want = n - taken < SA_MOVE_CHUNK ? n - taken : SA_MOVE_CHUNK;
-        uint32_t k = sa_slab_pop_batch(off, chunk, want);
-        for (uint32_t i = 0; i < k; i++) {
-            check_cached(chunk[i]);
-            sa_block_make_free(chunk[i], list);
-            list = chunk[i];
-        }
-        taken += k;
-        if (k < want)
-            break; /* the class ran out (other threads on the CPU took some) */
+        void *block;
+        char *slab;
+        SA_SLAB_POP(off, -1, block, slab, empty);
+        (void)slab;
+        check_cached(block);
+        sa_block_make_free(block, list);
+        list = block;
+        taken++;
     }
+empty:
     /* Counted after they left (see "Statistics"). */
     atomic_fetch_add_explicit(&moved_out[cls], taken, memory_order_release);
     if (SA_UNLIKELY(sa_mcentral_move_hook != NULL) && list != NULL)
