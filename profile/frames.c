@@ -632,6 +632,13 @@ SA_NOINLINE int sa_frames_capture(uintptr_t *pcs, unsigned max, uintptr_t above)
     return sa_frames_walk(f, stack_top(f.sp), above, pcs, max);
 }
 
+int sa_frames_capture_from(struct sa_frame from, uintptr_t *pcs, unsigned max)
+{
+    if (from.pc == 0)
+        return sa_frames_capture(pcs, max, from.sp);
+    return sa_frames_walk(from, stack_top(from.sp), from.sp, pcs, max);
+}
+
 #else /* not x86-64 Linux: libgcc unwinds every stack */
 
 int sa_frames_walk(struct sa_frame f, uintptr_t hi, uintptr_t above, uintptr_t *pcs,
@@ -644,6 +651,12 @@ int sa_frames_walk(struct sa_frame f, uintptr_t hi, uintptr_t above, uintptr_t *
 int sa_frames_capture(uintptr_t *pcs, unsigned max, uintptr_t above)
 {
     (void)pcs, (void)max, (void)above;
+    return -1;
+}
+
+int sa_frames_capture_from(struct sa_frame from, uintptr_t *pcs, unsigned max)
+{
+    (void)from, (void)pcs, (void)max;
     return -1;
 }
 

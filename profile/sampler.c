@@ -76,7 +76,7 @@ static size_t usable_for(size_t size, size_t align, uint32_t *cls)
     return *cls != 0 ? sa_class_size[*cls] : size;
 }
 
-static SA_NOINLINE void *sample(size_t size, size_t align, uintptr_t cfa)
+static SA_NOINLINE void *sample(size_t size, size_t align, struct sa_frame from)
 {
     uint32_t cls;
     size_t usable = usable_for(size, align, &cls);
@@ -89,7 +89,7 @@ static SA_NOINLINE void *sample(size_t size, size_t align, uintptr_t cfa)
     if (cls == 0)
         usable = (size_t)s->npages << SA_PAGE_SHIFT;
     uintptr_t pcs[SA_PROF_MAX_DEPTH];
-    unsigned depth = sa_stack_capture(pcs, SA_PROF_MAX_DEPTH, cfa);
+    unsigned depth = sa_stack_capture(pcs, SA_PROF_MAX_DEPTH, from);
     sa_prof_record(s, pcs, depth, size, usable, cls);
     return p;
 }
@@ -119,7 +119,9 @@ void *sa_profile_malloc(size_t size, size_t align)
     if (in_profiler || atomic_load_explicit(&sa_init_state, memory_order_acquire) != 2)
         return sa_malloc_plain(size, align);
     in_profiler = true;
-    void *p = sample(size, align, (uintptr_t)__builtin_dwarf_cfa());
+    /* The stack from malloc's caller's frame (or from the entry point's, which
+     * stacks.c drops): the sampler's own frames are not walked. */
+    void *p = sample(size, align, SA_CALLER_FRAME());
     sa_prof_after_sample();
     in_profiler = false;
     return p;

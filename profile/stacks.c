@@ -99,7 +99,7 @@ static _Unwind_Reason_Code on_frame(struct _Unwind_Context *uc, void *arg)
     return w->n == w->max ? _URC_END_OF_STACK : _URC_NO_REASON;
 }
 
-SA_NOINLINE unsigned sa_stack_capture(uintptr_t *pcs, unsigned max, uintptr_t above_cfa)
+SA_NOINLINE unsigned sa_stack_capture(uintptr_t *pcs, unsigned max, struct sa_frame from)
 {
     if (SA_UNLIKELY(atomic_load_explicit(&own_text_state, memory_order_relaxed) == 0))
         find_own_text();
@@ -107,7 +107,7 @@ SA_NOINLINE unsigned sa_stack_capture(uintptr_t *pcs, unsigned max, uintptr_t ab
     uintptr_t raw[SA_PROF_MAX_DEPTH + 8];
     unsigned cap = max + 8 < sizeof(raw) / sizeof(raw[0]) ? max + 8
                                                           : sizeof(raw) / sizeof(raw[0]);
-    int got = sa_frames_capture(raw, cap, above_cfa);
+    int got = sa_frames_capture_from(from, raw, cap);
     if (got >= 0) {
         unsigned i = 0, n = 0;
         while (i < (unsigned)got && in_own_text(raw[i]))
@@ -116,7 +116,7 @@ SA_NOINLINE unsigned sa_stack_capture(uintptr_t *pcs, unsigned max, uintptr_t ab
             pcs[n++] = raw[i];
         return n;
     }
-    struct walk w = {pcs, 0, max, above_cfa};
+    struct walk w = {pcs, 0, max, from.sp};
     _Unwind_Backtrace(on_frame, &w);
     return w.n;
 }

@@ -503,8 +503,9 @@ static void writing_leaves_the_heap_alone(void **state)
 #define WALK_MAX 80
 
 struct captured {
-    uintptr_t ours[WALK_MAX], gcc[WALK_MAX];
-    int n_ours, n_gcc;
+    uintptr_t ours[WALK_MAX], gcc[WALK_MAX], from[WALK_MAX];
+    int n_ours, n_gcc, n_from;
+    uintptr_t from_pc; /* SA_CALLER_FRAME's pc (0: the frame was not found) */
 };
 
 struct gcc_walk {
@@ -533,6 +534,10 @@ __attribute__((noinline)) static int capture_both(void *arg)
     struct captured *c = arg;
     uintptr_t above = (uintptr_t)__builtin_dwarf_cfa();
     c->n_ours = sa_frames_capture(c->ours, WALK_MAX, above);
+    /* As the sampler walks: from the caller's frame, none of ours walked. */
+    struct sa_frame from = SA_CALLER_FRAME();
+    c->from_pc = from.pc;
+    c->n_from = sa_frames_capture_from(from, c->from, WALK_MAX);
     struct gcc_walk w = {c->gcc, 0, above};
     _Unwind_Backtrace(gcc_frame, &w);
     c->n_gcc = w.n;
@@ -552,8 +557,13 @@ static void assert_same_stacks(const struct captured *c)
     }
     assert_int_equal(c->n_ours, c->n_gcc); /* -1 would say: a frame left to libgcc */
     assert_memory_equal(c->ours, c->gcc, (size_t)c->n_gcc * sizeof(uintptr_t));
+    /* The walk from the caller's frame: found, and the same stack. */
+    assert_true(c->from_pc != 0);
+    assert_int_equal(c->n_from, c->n_gcc);
+    assert_memory_equal(c->from, c->gcc, (size_t)c->n_gcc * sizeof(uintptr_t));
 #else
     assert_int_equal(c->n_ours, -1); /* libgcc unwinds every stack there */
+    assert_int_equal(c->n_from, -1);
 #endif
 }
 
@@ -632,6 +642,28 @@ static void walker_matches_libgcc_in_a_thread(void **state)
 #endif
 }
 
+/* The caller's frame taken by SA_CALLER_FRAME must carry the caller's rbp:
+ * here the caller's CFA is on rbp (a variable-length array), so a wrong rbp
+ * would give a wrong stack from its frame on. */
+static int (*volatile capture_fn)(void *) = capture_both;
+
+__attribute__((noinline)) static int vla_caller(struct captured *c, int n)
+{
+    volatile char buf[n];
+    buf[0] = (char)n;
+    int r = capture_fn(c);
+    return r + buf[0];
+}
+
+static void walker_from_the_callers_frame_keeps_its_rbp(void **state)
+{
+    (void)state;
+    static struct captured c;
+    memset(&c, 0, sizeof(c));
+    assert_int_equal(vla_caller(&c, 40 + (int)(c.n_ours & 1)), 40);
+    assert_same_stacks(&c);
+}
+
 static uintptr_t deep[SA_PROF_MAX_DEPTH + 8];
 static int deep_n;
 static unsigned deep_stacks_n;
@@ -642,7 +674,7 @@ __attribute__((noinline)) static int capture_deep(void *arg)
     uintptr_t above = (uintptr_t)__builtin_dwarf_cfa();
     deep_n = sa_frames_capture(deep, SA_PROF_MAX_DEPTH, above);
     uintptr_t pcs[SA_PROF_MAX_DEPTH];
-    deep_stacks_n = sa_stack_capture(pcs, SA_PROF_MAX_DEPTH, above);
+    deep_stacks_n = sa_stack_capture(pcs, SA_PROF_MAX_DEPTH, SA_CALLER_FRAME());
     return 0;
 }
 
@@ -875,6 +907,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(walker_matches_libgcc_on_known_chains),
         cmocka_unit_test(walker_matches_libgcc_through_libc),
         cmocka_unit_test(walker_matches_libgcc_in_a_thread),
+        cmocka_unit_test(walker_from_the_callers_frame_keeps_its_rbp),
         cmocka_unit_test(walker_stops_at_the_depth_asked),
         cmocka_unit_test(walker_stops_cleanly_on_garbage),
         cmocka_unit_test(idle_threads_sampling_once_do_not_grow),
