@@ -576,11 +576,30 @@ static struct rule rule_cached(uintptr_t pc)
 }
 
 /* One word of the stack.  The walk's own checks bound the address; the
- * sanitizers would see a read of another function's frame. */
+ * sanitizers would see a read of another function's frame, so there it is
+ * a call to an uninstrumented function; elsewhere a plain (volatile) load. */
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define PEEK_OUT_OF_LINE 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+#define PEEK_OUT_OF_LINE 1
+#endif
+#endif
+#ifdef PEEK_OUT_OF_LINE
 __attribute__((no_sanitize_address, no_sanitize_thread, noinline))
+#else
+inline __attribute__((always_inline))
+#endif
 static uintptr_t peek(uintptr_t at)
 {
     return *(const volatile uintptr_t *)at;
+}
+
+/* The rule of a pc the cache did not answer for with a walkable rule:
+ * worked out (and cached) if missing, else the cached END or FOREIGN. */
+static SA_NOINLINE struct rule rule_uncached(uintptr_t pc)
+{
+    return rule_cached(pc);
 }
 
 int sa_frames_walk(struct sa_frame f, uintptr_t hi, uintptr_t above, uintptr_t *pcs,
@@ -592,19 +611,41 @@ int sa_frames_walk(struct sa_frame f, uintptr_t hi, uintptr_t above, uintptr_t *
             break;
         if (f.sp >= above)
             pcs[n++] = f.pc;
-        struct rule r = rule_cached(f.pc);
-        if (r.kind == RULE_END)
-            break;
-        if (r.kind != RULE_WALK)
-            return -1;
-        uintptr_t cfa = (r.cfa_on_rbp ? f.rbp : f.sp) + r.cfa_off;
-        /* The frame lies in [sp, cfa): above the last, within the stack. */
-        if (cfa <= f.sp || cfa - f.sp > SA_FRAMES_MAX_FRAME || cfa > hi || cfa - 8 < f.sp)
-            break;
-        if (r.rbp_saved) {
-            if (cfa - r.rbp_below < f.sp) /* rbp_below >= 16: under the return address */
+        /* The cache's word for pc, decoded in place when it is a walkable
+         * rule (the common case); anything else by rule_uncached. */
+        uint64_t w = atomic_load_explicit(&rule_cache[cache_slot(f.pc)], memory_order_relaxed);
+        uint64_t cfa_off, rbp_below;
+        bool cfa_on_rbp, rbp_saved;
+        bool hit = (w >> 29) == (uint64_t)(f.pc >> 12);
+        if (SA_LIKELY(hit && (w & 3) == RULE_WALK)) {
+            cfa_on_rbp = (w >> 2) & 1;
+            rbp_saved = (w >> 3) & 1;
+            cfa_off = (w >> 1) & ((uint64_t)0xffff << 3);   /* ((w >> 4) & 0xffff) * 8 */
+            rbp_below = (w >> 17) & ((uint64_t)0xff << 3); /* ((w >> 20) & 0xff) * 8 */
+        } else if (hit && (w & 3) == RULE_END) {
+            break; /* the outermost frame */
+        } else {
+            struct rule r = rule_uncached(f.pc);
+            if (r.kind == RULE_END)
                 break;
-            f.rbp = peek(cfa - r.rbp_below);
+            if (r.kind != RULE_WALK)
+                return -1;
+            cfa_on_rbp = r.cfa_on_rbp;
+            rbp_saved = r.rbp_saved;
+            cfa_off = r.cfa_off;
+            rbp_below = r.rbp_below;
+        }
+        uintptr_t cfa = (cfa_on_rbp ? f.rbp : f.sp) + cfa_off;
+        /* The frame lies in [sp, cfa): above the last, within the stack, at
+         * least the return address (cfa - sp in [8, SA_FRAMES_MAX_FRAME]:
+         * one unsigned compare, which a cfa at or below sp fails too). */
+        uintptr_t size = cfa - f.sp;
+        if (size - 8 > SA_FRAMES_MAX_FRAME - 8 || cfa > hi)
+            break;
+        if (rbp_saved) {
+            if (rbp_below > size) /* rbp_below >= 16: under the return address */
+                break;
+            f.rbp = peek(cfa - rbp_below);
         }
         f.pc = peek(cfa - 8);
         f.sp = cfa;

@@ -101,6 +101,44 @@ static void sampler_estimate_is_unbiased(void **state)
     set_rate(SA_PROFILE_DEFAULT_RATE, 1);
 }
 
+/* The weight (sampler.c: a series below rate / 2, expm1 above) is
+ * 1 / (1 - exp(-size/rate)) to within a few ulps, on both sides of the
+ * switch and at the ends. */
+static void sampler_weight_is_exact(void **state)
+{
+    (void)state;
+    static const uint64_t rates[] = {2, 3, 4096, 64 << 10, SA_PROFILE_DEFAULT_RATE, 10u << 20};
+    double worst = 0;
+    for (size_t k = 0; k < sizeof(rates) / sizeof(rates[0]); k++) {
+        uint64_t r = rates[k];
+        size_t probes[] = {1, 2, 3, 15, 16, 100, 4097, r / 4, r / 2 - 1, r / 2, r / 2 + 1,
+                           r - 1, r, 2 * r, 40 * r};
+        uint64_t x = 0x9e3779b97f4a7c15ull ^ r;
+        for (int i = 0; i < 2000 + (int)(sizeof(probes) / sizeof(probes[0])); i++) {
+            size_t s;
+            if (i < (int)(sizeof(probes) / sizeof(probes[0]))) {
+                s = probes[i];
+            } else {
+                x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+                s = 1 + (size_t)(x % (r + r / 2 + 1));
+            }
+            if (s == 0)
+                continue;
+            long double want = 1.0L / -expm1l(-(long double)s / (long double)r);
+            double got = sa_sampler_weight(s, r);
+            double rel = (double)fabsl(((long double)got - want) / want);
+            if (rel > worst)
+                worst = rel;
+            if (rel > 1e-15)
+                print_message("rate %llu size %zu: %.17g want %.17Lg (%.3g)\n",
+                              (unsigned long long)r, s, got, want, rel);
+            assert_true(rel <= 1e-15);
+        }
+    }
+    print_message("worst relative error %.3g\n", worst);
+    assert_true(sa_sampler_weight(12345, 1) == 1.0);
+}
+
 /* ---- 2, 3. sampled blocks */
 
 static bool is_sampled(const void *p)
@@ -894,6 +932,7 @@ int main(int argc, char **argv)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(rate_option_is_parsed),
         cmocka_unit_test(sampler_estimate_is_unbiased),
+        cmocka_unit_test(sampler_weight_is_exact),
         cmocka_unit_test(sampled_blocks_behave_like_unsampled_ones),
         cmocka_unit_test(sampled_frees_are_found),
         cmocka_unit_test(round_trip_through_go_tool_pprof),
