@@ -93,9 +93,13 @@ static inline struct sa_frame sa_caller_frame(uintptr_t fp, uintptr_t cfa, uintp
 
 /* stacks.c: the stack from frame `from` (SA_CALLER_FRAME of the function
  * whose own frame and callees are dropped; the frames with sp at or above
- * from.sp when from.pc is 0), then the leading frames in spanalloc's own
- * object.  No malloc, no lock of ours. */
-unsigned sa_stack_capture(uintptr_t *pcs, unsigned max, struct sa_frame from);
+ * from.sp when from.pc is 0), without the leading frames in spanalloc's own
+ * object: *depth return addresses (at most max) from the answer, which
+ * points into buf (room for max + SA_STACK_LEAD).  No malloc, no lock of
+ * ours. */
+#define SA_STACK_LEAD 8
+const uintptr_t *sa_stack_capture(uintptr_t *buf, unsigned max, struct sa_frame from,
+                                  unsigned *depth);
 /* A human name for pc (dladdr), for the leak report: never NULL. */
 const char *sa_stack_symbol(uintptr_t pc, uintptr_t *offset);
 

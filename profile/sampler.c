@@ -106,8 +106,9 @@ static SA_NOINLINE void *sample(size_t size, size_t align, struct sa_frame from)
     struct sa_span *s = sa_pagemap_lookup((uintptr_t)p);
     if (cls == 0)
         usable = (size_t)s->npages << SA_PAGE_SHIFT;
-    uintptr_t pcs[SA_PROF_MAX_DEPTH];
-    unsigned depth = sa_stack_capture(pcs, SA_PROF_MAX_DEPTH, from);
+    uintptr_t buf[SA_PROF_MAX_DEPTH + SA_STACK_LEAD];
+    unsigned depth;
+    const uintptr_t *pcs = sa_stack_capture(buf, SA_PROF_MAX_DEPTH, from, &depth);
     sa_prof_record(s, pcs, depth, size, usable, cls);
     return p;
 }

@@ -711,8 +711,8 @@ __attribute__((noinline)) static int capture_deep(void *arg)
     (void)arg;
     uintptr_t above = (uintptr_t)__builtin_dwarf_cfa();
     deep_n = sa_frames_capture(deep, SA_PROF_MAX_DEPTH, above);
-    uintptr_t pcs[SA_PROF_MAX_DEPTH];
-    deep_stacks_n = sa_stack_capture(pcs, SA_PROF_MAX_DEPTH, SA_CALLER_FRAME());
+    uintptr_t buf[SA_PROF_MAX_DEPTH + SA_STACK_LEAD];
+    (void)sa_stack_capture(buf, SA_PROF_MAX_DEPTH, SA_CALLER_FRAME(), &deep_stacks_n);
     return 0;
 }
 
