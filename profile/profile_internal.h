@@ -16,6 +16,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "../alloc/lock.h"
 #include "profile.h"
 
 #define SA_PROF_MAX_DEPTH 64
@@ -38,7 +39,7 @@ struct sa_prof_block {
     uint32_t cls;    /* size class of a small block, 0 if large */
 };
 
-extern pthread_mutex_t sa_prof_lock;
+extern struct sa_lock sa_prof_lock;
 extern struct sa_prof_bucket *sa_prof_buckets; /* all_next list */
 
 /* frames.c: spanalloc's own stack walker (x86-64 Linux; elsewhere it
