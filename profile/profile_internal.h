@@ -126,5 +126,7 @@ void sa_prof_totals(double *alloc_objects, double *alloc_bytes, double *inuse_by
 /* sampler.c, for tests: set this thread's random state and draw again. */
 void sa_sampler_reseed(uint64_t seed);
 double sa_sampler_weight(size_t size, uint64_t rate);
+/* A standard exponential draw from this thread's state (tests). */
+double sa_sampler_exp_draw(void);
 
 #endif /* SPANALLOC_PROFILE_INTERNAL_H */

@@ -101,6 +101,50 @@ static void sampler_estimate_is_unbiased(void **state)
     set_rate(SA_PROFILE_DEFAULT_RATE, 1);
 }
 
+/* The budget's draw (sampler.c, a ziggurat) is exponential with mean 1:
+ * 2^22 draws fall evenly into 256 bins of equal probability (chi-square,
+ * 255 degrees of freedom: mean 255, sd 22.6; the bound is 6 sd above), the
+ * mean is 1 within 6 standard errors, and the far tail (beyond the
+ * ziggurat's base layer, x > 7.7, then beyond 8.2 and 12) has its share,
+ * each within 6 sd. */
+static void sampler_draws_are_exponential(void **state)
+{
+    (void)state;
+    enum { DRAWS = 1 << 22, BINS = 256 };
+    static unsigned bins[BINS];
+    memset(bins, 0, sizeof(bins));
+    sa_sampler_reseed(77);
+    double sum = 0;
+    unsigned beyond_base = 0, beyond_8 = 0, beyond_12 = 0;
+    for (int i = 0; i < DRAWS; i++) {
+        double x = sa_sampler_exp_draw();
+        assert_true(x >= 0);
+        sum += x;
+        beyond_base += x > 7.697117470131487;
+        beyond_8 += x > 8.2;
+        beyond_12 += x > 12;
+        double cdf = -expm1(-x);
+        unsigned b = (unsigned)(cdf * BINS);
+        bins[b < BINS ? b : BINS - 1]++;
+    }
+    double chi2 = 0, want = (double)DRAWS / BINS;
+    for (int b = 0; b < BINS; b++)
+        chi2 += (bins[b] - want) * (bins[b] - want) / want;
+    double mean = sum / DRAWS, se = 1.0 / sqrt((double)DRAWS);
+    double tail_want = DRAWS * exp(-7.697117470131487), tail8_want = DRAWS * exp(-8.2),
+           tail12_want = DRAWS * exp(-12.0);
+    print_message("chi2 %.1f (255 dof), mean %.5f (se %.5f), beyond 7.7: %u (want %.0f), "
+                  "beyond 8.2: %u (want %.0f), beyond 12: %u (want %.1f)\n",
+                  chi2, mean, se, beyond_base, tail_want, beyond_8, tail8_want, beyond_12,
+                  tail12_want);
+    assert_true(chi2 < 255 + 6 * 22.6);
+    assert_true(fabs(mean - 1) < 6 * se);
+    assert_true(fabs(beyond_base - tail_want) < 6 * sqrt(tail_want));
+    assert_true(fabs(beyond_8 - tail8_want) < 6 * sqrt(tail8_want));
+    assert_true(fabs(beyond_12 - tail12_want) < 6 * sqrt(tail12_want) + 1);
+    set_rate(SA_PROFILE_DEFAULT_RATE, 1);
+}
+
 /* The weight (sampler.c: a series below rate / 2, expm1 above) is
  * 1 / (1 - exp(-size/rate)) to within a few ulps, on both sides of the
  * switch and at the ends. */
@@ -933,6 +977,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(rate_option_is_parsed),
         cmocka_unit_test(sampler_estimate_is_unbiased),
         cmocka_unit_test(sampler_weight_is_exact),
+        cmocka_unit_test(sampler_draws_are_exponential),
         cmocka_unit_test(sampled_blocks_behave_like_unsampled_ones),
         cmocka_unit_test(sampled_frees_are_found),
         cmocka_unit_test(round_trip_through_go_tool_pprof),
