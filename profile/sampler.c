@@ -158,8 +158,11 @@ double sa_sampler_weight(size_t size, uint64_t rate)
         double odd = x * (W1 + x2 * (W3 + x2 * (W5 + x2 * (W7 + x2 * (W9 + x2 * (W11 + x2 * W13))))));
         return (double)rate / (double)size + (0.5 + odd);
     }
-    double p = -expm1(-(double)size / (double)rate); /* 1 - exp(-s/r), exact for small s */
-    return p > 0 ? 1.0 / p : (double)rate / (double)(size ? size : 1);
+    if (size == 0)
+        return (double)rate;
+    /* x > 1/2: exp(-x) < 0.61, so 1 - exp(-x) loses no more than a bit or
+     * two, and exp costs ~25 instructions less than expm1. */
+    return 1.0 / (1.0 - exp(-(double)size / (double)rate));
 }
 
 void sa_sampler_reseed(uint64_t seed)
