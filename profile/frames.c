@@ -84,8 +84,11 @@ struct rule {
 };
 
 /* ---- The rule cache: RULE_CACHE_SLOTS words, each
- *   bits 0-1 kind, 2 cfa_on_rbp, 3 rbp_saved, 4-19 cfa_off / 8,
- *   20-27 rbp_below / 8, 29-63 pc >> 12 (user addresses are below 2^47).
+ *   bits 0-1 kind, 2 cfa_on_rbp, 3-19 cfa_off (a multiple of 8, below
+ *   1 MiB: the word's bits are the offset's own), 20-28 rbp_below / 8 (0:
+ *   rbp unchanged, a saved rbp being at least 16 below the CFA), 29-63
+ *   pc >> 12 (user addresses are below 2^47); laid out so that the walk
+ *   decodes a field with one or two operations (WORD_*).
  * The slot is a function of pc whose low 12 bits, with pc >> 12, give pc
  * back, so the word names its pc exactly.  Rules that do not fit are not
  * cached (they are worked out again).  Written and read by any thread,
@@ -93,6 +96,12 @@ struct rule {
  * either the right rule for it or another pc's (which the key rejects). */
 #define RULE_CACHE_SLOTS 4096
 static _Atomic uint64_t rule_cache[RULE_CACHE_SLOTS];
+
+#define WORD_KIND(w) ((enum rule_kind)((w) & 3))
+#define WORD_CFA_ON_RBP(w) (((w) >> 2) & 1)
+#define WORD_CFA_OFF(w) ((w) & (uint64_t)0xffff8)
+#define WORD_RBP_BELOW(w) (((w) >> 17) & (uint64_t)0xff8)
+#define WORD_KEY(w) ((w) >> 29)
 
 static unsigned cache_slot(uintptr_t pc)
 {
@@ -102,23 +111,22 @@ static unsigned cache_slot(uintptr_t pc)
 static bool cache_get(uintptr_t pc, struct rule *r)
 {
     uint64_t w = atomic_load_explicit(&rule_cache[cache_slot(pc)], memory_order_relaxed);
-    if ((w & 3) == RULE_NONE || (w >> 29) != (uint64_t)(pc >> 12))
+    if (WORD_KIND(w) == RULE_NONE || WORD_KEY(w) != (uint64_t)(pc >> 12))
         return false;
-    r->kind = (enum rule_kind)(w & 3);
-    r->cfa_on_rbp = (w >> 2) & 1;
-    r->rbp_saved = (w >> 3) & 1;
-    r->cfa_off = ((w >> 4) & 0xffff) * 8;
-    r->rbp_below = ((w >> 20) & 0xff) * 8;
+    r->kind = WORD_KIND(w);
+    r->cfa_on_rbp = WORD_CFA_ON_RBP(w);
+    r->cfa_off = WORD_CFA_OFF(w);
+    r->rbp_below = WORD_RBP_BELOW(w);
+    r->rbp_saved = r->rbp_below != 0;
     return true;
 }
 
 static void cache_put(uintptr_t pc, const struct rule *r)
 {
-    if ((pc >> 47) != 0 || r->cfa_off % 8 != 0 || r->cfa_off / 8 > 0xffff ||
-        r->rbp_below % 8 != 0 || r->rbp_below / 8 > 0xff)
+    if ((pc >> 47) != 0 || r->cfa_off % 8 != 0 || r->cfa_off > 0xffff8 ||
+        r->rbp_below % 8 != 0 || r->rbp_below > 0xff8 || r->rbp_saved != (r->rbp_below != 0))
         return;
-    uint64_t w = (uint64_t)r->kind | (uint64_t)r->cfa_on_rbp << 2 |
-                 (uint64_t)r->rbp_saved << 3 | (r->cfa_off / 8) << 4 |
+    uint64_t w = (uint64_t)r->kind | (uint64_t)r->cfa_on_rbp << 2 | r->cfa_off |
                  (r->rbp_below / 8) << 20 | (uint64_t)(pc >> 12) << 29;
     atomic_store_explicit(&rule_cache[cache_slot(pc)], w, memory_order_relaxed);
 }
@@ -576,11 +584,30 @@ static struct rule rule_cached(uintptr_t pc)
 }
 
 /* One word of the stack.  The walk's own checks bound the address; the
- * sanitizers would see a read of another function's frame. */
+ * sanitizers would see a read of another function's frame, so there it is
+ * a call to an uninstrumented function; elsewhere a plain (volatile) load. */
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define PEEK_OUT_OF_LINE 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+#define PEEK_OUT_OF_LINE 1
+#endif
+#endif
+#ifdef PEEK_OUT_OF_LINE
 __attribute__((no_sanitize_address, no_sanitize_thread, noinline))
+#else
+inline __attribute__((always_inline))
+#endif
 static uintptr_t peek(uintptr_t at)
 {
     return *(const volatile uintptr_t *)at;
+}
+
+/* The rule of a pc the cache did not answer for with a walkable rule:
+ * worked out (and cached) if missing, else the cached END or FOREIGN. */
+static SA_NOINLINE struct rule rule_uncached(uintptr_t pc)
+{
+    return rule_cached(pc);
 }
 
 int sa_frames_walk(struct sa_frame f, uintptr_t hi, uintptr_t above, uintptr_t *pcs,
@@ -592,19 +619,39 @@ int sa_frames_walk(struct sa_frame f, uintptr_t hi, uintptr_t above, uintptr_t *
             break;
         if (f.sp >= above)
             pcs[n++] = f.pc;
-        struct rule r = rule_cached(f.pc);
-        if (r.kind == RULE_END)
-            break;
-        if (r.kind != RULE_WALK)
-            return -1;
-        uintptr_t cfa = (r.cfa_on_rbp ? f.rbp : f.sp) + r.cfa_off;
-        /* The frame lies in [sp, cfa): above the last, within the stack. */
-        if (cfa <= f.sp || cfa - f.sp > SA_FRAMES_MAX_FRAME || cfa > hi || cfa - 8 < f.sp)
-            break;
-        if (r.rbp_saved) {
-            if (cfa - r.rbp_below < f.sp) /* rbp_below >= 16: under the return address */
+        /* The cache's word for pc, decoded in place when it is a walkable
+         * rule (the common case); anything else by rule_uncached. */
+        uint64_t w = atomic_load_explicit(&rule_cache[cache_slot(f.pc)], memory_order_relaxed);
+        bool hit = WORD_KEY(w) == (uint64_t)(f.pc >> 12);
+        uint64_t cfa_off, rbp_below;
+        bool cfa_on_rbp;
+        if (SA_LIKELY(hit && WORD_KIND(w) == RULE_WALK)) {
+            cfa_on_rbp = WORD_CFA_ON_RBP(w);
+            cfa_off = WORD_CFA_OFF(w);
+            rbp_below = WORD_RBP_BELOW(w);
+        } else if (hit && WORD_KIND(w) == RULE_END) {
+            break; /* the outermost frame */
+        } else {
+            struct rule r = rule_uncached(f.pc);
+            if (r.kind == RULE_END)
                 break;
-            f.rbp = peek(cfa - r.rbp_below);
+            if (r.kind != RULE_WALK)
+                return -1;
+            cfa_on_rbp = r.cfa_on_rbp;
+            cfa_off = r.cfa_off;
+            rbp_below = r.rbp_saved ? r.rbp_below : 0;
+        }
+        uintptr_t cfa = (cfa_on_rbp ? f.rbp : f.sp) + cfa_off;
+        /* The frame lies in [sp, cfa): above the last, within the stack, at
+         * least the return address (cfa - sp in [8, SA_FRAMES_MAX_FRAME]:
+         * one unsigned compare, which a cfa at or below sp fails too). */
+        uintptr_t size = cfa - f.sp;
+        if (size - 8 > SA_FRAMES_MAX_FRAME - 8 || cfa > hi)
+            break;
+        if (rbp_below != 0) { /* saved: rbp_below >= 16, under the return address */
+            if (rbp_below > size)
+                break;
+            f.rbp = peek(cfa - rbp_below);
         }
         f.pc = peek(cfa - 8);
         f.sp = cfa;
@@ -632,6 +679,13 @@ SA_NOINLINE int sa_frames_capture(uintptr_t *pcs, unsigned max, uintptr_t above)
     return sa_frames_walk(f, stack_top(f.sp), above, pcs, max);
 }
 
+int sa_frames_capture_from(struct sa_frame from, uintptr_t *pcs, unsigned max)
+{
+    if (from.pc == 0)
+        return sa_frames_capture(pcs, max, from.sp);
+    return sa_frames_walk(from, stack_top(from.sp), from.sp, pcs, max);
+}
+
 #else /* not x86-64 Linux: libgcc unwinds every stack */
 
 int sa_frames_walk(struct sa_frame f, uintptr_t hi, uintptr_t above, uintptr_t *pcs,
@@ -644,6 +698,12 @@ int sa_frames_walk(struct sa_frame f, uintptr_t hi, uintptr_t above, uintptr_t *
 int sa_frames_capture(uintptr_t *pcs, unsigned max, uintptr_t above)
 {
     (void)pcs, (void)max, (void)above;
+    return -1;
+}
+
+int sa_frames_capture_from(struct sa_frame from, uintptr_t *pcs, unsigned max)
+{
+    (void)from, (void)pcs, (void)max;
     return -1;
 }
 

@@ -333,7 +333,7 @@ struct snap {
 
 static struct snap *copy_buckets(size_t *n, size_t *bytes, size_t *total_pcs)
 {
-    pthread_mutex_lock(&sa_prof_lock);
+    sa_lock_acquire(&sa_prof_lock);
     size_t count = 0, pcs = 0;
     for (const struct sa_prof_bucket *b = sa_prof_buckets; b != NULL; b = b->all_next) {
         count++;
@@ -347,7 +347,7 @@ static struct snap *copy_buckets(size_t *n, size_t *bytes, size_t *total_pcs)
             s[i++] = (struct snap){b, b->alloc_objects, b->alloc_bytes, b->free_objects,
                                    b->free_bytes};
     }
-    pthread_mutex_unlock(&sa_prof_lock);
+    sa_lock_release(&sa_prof_lock);
     *n = count;
     *total_pcs = pcs;
     return s;

@@ -16,6 +16,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "../alloc/lock.h"
 #include "profile.h"
 
 #define SA_PROF_MAX_DEPTH 64
@@ -38,7 +39,7 @@ struct sa_prof_block {
     uint32_t cls;    /* size class of a small block, 0 if large */
 };
 
-extern pthread_mutex_t sa_prof_lock;
+extern struct sa_lock sa_prof_lock;
 extern struct sa_prof_bucket *sa_prof_buckets; /* all_next list */
 
 /* frames.c: spanalloc's own stack walker (x86-64 Linux; elsewhere it
@@ -59,11 +60,47 @@ int sa_frames_capture(uintptr_t *pcs, unsigned max, uintptr_t above);
 /* The same from frame f, reading the stack only below hi (tests). */
 int sa_frames_walk(struct sa_frame f, uintptr_t hi, uintptr_t above, uintptr_t *pcs,
                    unsigned max);
+/* The same from frame `from` of the calling thread's stack (every frame
+ * from it on), as SA_CALLER_FRAME gives it; one whose pc is 0 (the frame
+ * was not found) is walked from here as sa_frames_capture(from.sp). */
+int sa_frames_capture_from(struct sa_frame from, uintptr_t *pcs, unsigned max);
 
-/* stacks.c: the caller's stack above the frame whose CFA is `above_cfa`
- * (that frame and the ones it called are dropped), then the leading frames
- * in spanalloc's own object.  No malloc, no lock of ours. */
-unsigned sa_stack_capture(uintptr_t *pcs, unsigned max, uintptr_t above_cfa);
+/* The frame of the caller of the function this is expanded in, as the walk
+ * sees it: pc the return address, sp the function's CFA, rbp the caller's
+ * rbp.  __builtin_frame_address makes the compiler give the function a
+ * frame pointer, whose prologue (push %rbp; mov %rsp, %rbp) leaves the
+ * caller's rbp at CFA - 16, where the frame pointer then points: if it does
+ * not (another architecture, another prologue), the frame is not known
+ * (pc 0) and only sp says where the walk's frames start.  So the walk
+ * starts at the caller without walking through the sampler's own frames,
+ * whether or not the caller keeps a frame pointer (rbp is callee-saved: its
+ * value at the call is the caller's). */
+#define SA_CALLER_FRAME()                                                                  \
+    sa_caller_frame((uintptr_t)__builtin_frame_address(0), (uintptr_t)__builtin_dwarf_cfa(), \
+                    (uintptr_t)__builtin_return_address(0))
+static inline struct sa_frame sa_caller_frame(uintptr_t fp, uintptr_t cfa, uintptr_t ra)
+{
+    struct sa_frame f = {0, cfa, 0};
+#if defined(__x86_64__)
+    if (fp + 16 == cfa) {
+        f.pc = ra;
+        f.rbp = *(const uintptr_t *)fp;
+    }
+#else
+    (void)fp, (void)ra;
+#endif
+    return f;
+}
+
+/* stacks.c: the stack from frame `from` (SA_CALLER_FRAME of the function
+ * whose own frame and callees are dropped; the frames with sp at or above
+ * from.sp when from.pc is 0), without the leading frames in spanalloc's own
+ * object: *depth return addresses (at most max) from the answer, which
+ * points into buf (room for max + SA_STACK_LEAD).  No malloc, no lock of
+ * ours. */
+#define SA_STACK_LEAD 8
+const uintptr_t *sa_stack_capture(uintptr_t *buf, unsigned max, struct sa_frame from,
+                                  unsigned *depth);
 /* A human name for pc (dladdr), for the leak report: never NULL. */
 const char *sa_stack_symbol(uintptr_t pc, uintptr_t *offset);
 
@@ -89,5 +126,7 @@ void sa_prof_totals(double *alloc_objects, double *alloc_bytes, double *inuse_by
 /* sampler.c, for tests: set this thread's random state and draw again. */
 void sa_sampler_reseed(uint64_t seed);
 double sa_sampler_weight(size_t size, uint64_t rate);
+/* A standard exponential draw from this thread's state (tests). */
+double sa_sampler_exp_draw(void);
 
 #endif /* SPANALLOC_PROFILE_INTERNAL_H */

@@ -99,26 +99,26 @@ static _Unwind_Reason_Code on_frame(struct _Unwind_Context *uc, void *arg)
     return w->n == w->max ? _URC_END_OF_STACK : _URC_NO_REASON;
 }
 
-SA_NOINLINE unsigned sa_stack_capture(uintptr_t *pcs, unsigned max, uintptr_t above_cfa)
+SA_NOINLINE const uintptr_t *sa_stack_capture(uintptr_t *buf, unsigned max, struct sa_frame from,
+                                              unsigned *depth)
 {
     if (SA_UNLIKELY(atomic_load_explicit(&own_text_state, memory_order_relaxed) == 0))
         find_own_text();
-    /* Room for the leading frames in spanalloc's text, dropped below. */
-    uintptr_t raw[SA_PROF_MAX_DEPTH + 8];
-    unsigned cap = max + 8 < sizeof(raw) / sizeof(raw[0]) ? max + 8
-                                                          : sizeof(raw) / sizeof(raw[0]);
-    int got = sa_frames_capture(raw, cap, above_cfa);
+    /* Walked into buf with room for the leading frames in spanalloc's
+     * text, which the answer then starts after (no copy). */
+    int got = sa_frames_capture_from(from, buf, max + SA_STACK_LEAD);
     if (got >= 0) {
-        unsigned i = 0, n = 0;
-        while (i < (unsigned)got && in_own_text(raw[i]))
+        unsigned i = 0;
+        while (i < (unsigned)got && in_own_text(buf[i]))
             i++;
-        for (; i < (unsigned)got && n < max; i++)
-            pcs[n++] = raw[i];
-        return n;
+        unsigned n = (unsigned)got - i;
+        *depth = n < max ? n : max;
+        return buf + i;
     }
-    struct walk w = {pcs, 0, max, above_cfa};
+    struct walk w = {buf, 0, max, from.sp};
     _Unwind_Backtrace(on_frame, &w);
-    return w.n;
+    *depth = w.n;
+    return buf;
 }
 
 const char *sa_stack_symbol(uintptr_t pc, uintptr_t *offset)

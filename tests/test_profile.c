@@ -101,6 +101,88 @@ static void sampler_estimate_is_unbiased(void **state)
     set_rate(SA_PROFILE_DEFAULT_RATE, 1);
 }
 
+/* The budget's draw (sampler.c, a ziggurat) is exponential with mean 1:
+ * 2^22 draws fall evenly into 256 bins of equal probability (chi-square,
+ * 255 degrees of freedom: mean 255, sd 22.6; the bound is 6 sd above), the
+ * mean is 1 within 6 standard errors, and the far tail (beyond the
+ * ziggurat's base layer, x > 7.7, then beyond 8.2 and 12) has its share,
+ * each within 6 sd. */
+static void sampler_draws_are_exponential(void **state)
+{
+    (void)state;
+    enum { DRAWS = 1 << 22, BINS = 256 };
+    static unsigned bins[BINS];
+    memset(bins, 0, sizeof(bins));
+    sa_sampler_reseed(77);
+    double sum = 0;
+    unsigned beyond_base = 0, beyond_8 = 0, beyond_12 = 0;
+    for (int i = 0; i < DRAWS; i++) {
+        double x = sa_sampler_exp_draw();
+        assert_true(x >= 0);
+        sum += x;
+        beyond_base += x > 7.697117470131487;
+        beyond_8 += x > 8.2;
+        beyond_12 += x > 12;
+        double cdf = -expm1(-x);
+        unsigned b = (unsigned)(cdf * BINS);
+        bins[b < BINS ? b : BINS - 1]++;
+    }
+    double chi2 = 0, want = (double)DRAWS / BINS;
+    for (int b = 0; b < BINS; b++)
+        chi2 += (bins[b] - want) * (bins[b] - want) / want;
+    double mean = sum / DRAWS, se = 1.0 / sqrt((double)DRAWS);
+    double tail_want = DRAWS * exp(-7.697117470131487), tail8_want = DRAWS * exp(-8.2),
+           tail12_want = DRAWS * exp(-12.0);
+    print_message("chi2 %.1f (255 dof), mean %.5f (se %.5f), beyond 7.7: %u (want %.0f), "
+                  "beyond 8.2: %u (want %.0f), beyond 12: %u (want %.1f)\n",
+                  chi2, mean, se, beyond_base, tail_want, beyond_8, tail8_want, beyond_12,
+                  tail12_want);
+    assert_true(chi2 < 255 + 6 * 22.6);
+    assert_true(fabs(mean - 1) < 6 * se);
+    assert_true(fabs(beyond_base - tail_want) < 6 * sqrt(tail_want));
+    assert_true(fabs(beyond_8 - tail8_want) < 6 * sqrt(tail8_want));
+    assert_true(fabs(beyond_12 - tail12_want) < 6 * sqrt(tail12_want) + 1);
+    set_rate(SA_PROFILE_DEFAULT_RATE, 1);
+}
+
+/* The weight (sampler.c: a series below rate / 2, expm1 above) is
+ * 1 / (1 - exp(-size/rate)) to within a few ulps, on both sides of the
+ * switch and at the ends. */
+static void sampler_weight_is_exact(void **state)
+{
+    (void)state;
+    static const uint64_t rates[] = {2, 3, 4096, 64 << 10, SA_PROFILE_DEFAULT_RATE, 10u << 20};
+    double worst = 0;
+    for (size_t k = 0; k < sizeof(rates) / sizeof(rates[0]); k++) {
+        uint64_t r = rates[k];
+        size_t probes[] = {1, 2, 3, 15, 16, 100, 4097, r / 4, r / 2 - 1, r / 2, r / 2 + 1,
+                           r - 1, r, 2 * r, 40 * r};
+        uint64_t x = 0x9e3779b97f4a7c15ull ^ r;
+        for (int i = 0; i < 2000 + (int)(sizeof(probes) / sizeof(probes[0])); i++) {
+            size_t s;
+            if (i < (int)(sizeof(probes) / sizeof(probes[0]))) {
+                s = probes[i];
+            } else {
+                x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+                s = 1 + (size_t)(x % (r + r / 2 + 1));
+            }
+            if (s == 0)
+                continue;
+            long double want = 1.0L / -expm1l(-(long double)s / (long double)r);
+            double got = sa_sampler_weight(s, r);
+            double rel = (double)fabsl(((long double)got - want) / want);
+            if (rel > worst)
+                worst = rel;
+            if (rel > 1e-15)
+                print_message("rate %llu size %zu: %.17g want %.17Lg (%.3g)\n",
+                              (unsigned long long)r, s, got, want, rel);
+            assert_true(rel <= 1e-15);
+        }
+    }
+    print_message("worst relative error %.3g\n", worst);
+    assert_true(sa_sampler_weight(12345, 1) == 1.0);
+}
+
 /* ---- 2, 3. sampled blocks */
 
 static bool is_sampled(const void *p)
@@ -503,8 +585,9 @@ static void writing_leaves_the_heap_alone(void **state)
 #define WALK_MAX 80
 
 struct captured {
-    uintptr_t ours[WALK_MAX], gcc[WALK_MAX];
-    int n_ours, n_gcc;
+    uintptr_t ours[WALK_MAX], gcc[WALK_MAX], from[WALK_MAX];
+    int n_ours, n_gcc, n_from;
+    uintptr_t from_pc; /* SA_CALLER_FRAME's pc (0: the frame was not found) */
 };
 
 struct gcc_walk {
@@ -533,6 +616,10 @@ __attribute__((noinline)) static int capture_both(void *arg)
     struct captured *c = arg;
     uintptr_t above = (uintptr_t)__builtin_dwarf_cfa();
     c->n_ours = sa_frames_capture(c->ours, WALK_MAX, above);
+    /* As the sampler walks: from the caller's frame, none of ours walked. */
+    struct sa_frame from = SA_CALLER_FRAME();
+    c->from_pc = from.pc;
+    c->n_from = sa_frames_capture_from(from, c->from, WALK_MAX);
     struct gcc_walk w = {c->gcc, 0, above};
     _Unwind_Backtrace(gcc_frame, &w);
     c->n_gcc = w.n;
@@ -552,8 +639,13 @@ static void assert_same_stacks(const struct captured *c)
     }
     assert_int_equal(c->n_ours, c->n_gcc); /* -1 would say: a frame left to libgcc */
     assert_memory_equal(c->ours, c->gcc, (size_t)c->n_gcc * sizeof(uintptr_t));
+    /* The walk from the caller's frame: found, and the same stack. */
+    assert_true(c->from_pc != 0);
+    assert_int_equal(c->n_from, c->n_gcc);
+    assert_memory_equal(c->from, c->gcc, (size_t)c->n_gcc * sizeof(uintptr_t));
 #else
     assert_int_equal(c->n_ours, -1); /* libgcc unwinds every stack there */
+    assert_int_equal(c->n_from, -1);
 #endif
 }
 
@@ -632,6 +724,28 @@ static void walker_matches_libgcc_in_a_thread(void **state)
 #endif
 }
 
+/* The caller's frame taken by SA_CALLER_FRAME must carry the caller's rbp:
+ * here the caller's CFA is on rbp (a variable-length array), so a wrong rbp
+ * would give a wrong stack from its frame on. */
+static int (*volatile capture_fn)(void *) = capture_both;
+
+__attribute__((noinline)) static int vla_caller(struct captured *c, int n)
+{
+    volatile char buf[n];
+    buf[0] = (char)n;
+    int r = capture_fn(c);
+    return r + buf[0];
+}
+
+static void walker_from_the_callers_frame_keeps_its_rbp(void **state)
+{
+    (void)state;
+    static struct captured c;
+    memset(&c, 0, sizeof(c));
+    assert_int_equal(vla_caller(&c, 40 + (int)(c.n_ours & 1)), 40);
+    assert_same_stacks(&c);
+}
+
 static uintptr_t deep[SA_PROF_MAX_DEPTH + 8];
 static int deep_n;
 static unsigned deep_stacks_n;
@@ -641,8 +755,8 @@ __attribute__((noinline)) static int capture_deep(void *arg)
     (void)arg;
     uintptr_t above = (uintptr_t)__builtin_dwarf_cfa();
     deep_n = sa_frames_capture(deep, SA_PROF_MAX_DEPTH, above);
-    uintptr_t pcs[SA_PROF_MAX_DEPTH];
-    deep_stacks_n = sa_stack_capture(pcs, SA_PROF_MAX_DEPTH, above);
+    uintptr_t buf[SA_PROF_MAX_DEPTH + SA_STACK_LEAD];
+    (void)sa_stack_capture(buf, SA_PROF_MAX_DEPTH, SA_CALLER_FRAME(), &deep_stacks_n);
     return 0;
 }
 
@@ -862,6 +976,8 @@ int main(int argc, char **argv)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(rate_option_is_parsed),
         cmocka_unit_test(sampler_estimate_is_unbiased),
+        cmocka_unit_test(sampler_weight_is_exact),
+        cmocka_unit_test(sampler_draws_are_exponential),
         cmocka_unit_test(sampled_blocks_behave_like_unsampled_ones),
         cmocka_unit_test(sampled_frees_are_found),
         cmocka_unit_test(round_trip_through_go_tool_pprof),
@@ -875,6 +991,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(walker_matches_libgcc_on_known_chains),
         cmocka_unit_test(walker_matches_libgcc_through_libc),
         cmocka_unit_test(walker_matches_libgcc_in_a_thread),
+        cmocka_unit_test(walker_from_the_callers_frame_keeps_its_rbp),
         cmocka_unit_test(walker_stops_at_the_depth_asked),
         cmocka_unit_test(walker_stops_cleanly_on_garbage),
         cmocka_unit_test(idle_threads_sampling_once_do_not_grow),
