@@ -439,10 +439,15 @@ SA_HIDDEN extern int (*sa_setspecific_hook)(pthread_key_t, const void *);
 /* ---- mcentral (alloc/mcentral.c): per size class, one lock each. */
 uint32_t sa_mcentral_fill(unsigned cls, uint32_t want, void **head);
 void sa_mcentral_release(unsigned cls, void *head);
-/* A whole batch from a cache flush: kept intact for the next refill when a
- * transfer slot is free, else put back into its spans. */
+/* A whole batch from a cache flush: kept for the next refill while the
+ * class's transfer array has room, else put back into its spans. */
 void sa_mcentral_release_batch(unsigned cls, void *head, uint32_t count);
-void sa_mcentral_drain_transfer(void); /* every kept batch back to its spans */
+/* The same, as an array of blocks that carry the free mark (a cache's
+ * flush), and the refill's side: up to want blocks into an array, marked
+ * free, from the transfer array if it holds any, else from the spans. */
+void sa_mcentral_release_array(unsigned cls, void *const *blocks, uint32_t n);
+uint32_t sa_mcentral_fill_array(unsigned cls, void **blocks, uint32_t want);
+void sa_mcentral_drain_transfer(void); /* every waiting block back to its span */
 void sa_mcentral_fork_prepare(void);
 /* Test hooks (internal): fork_prepare waits for a chain of empty spans (an
  * atomic, any thread); called between the class lock and the heap when

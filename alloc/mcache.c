@@ -407,46 +407,57 @@ empty:
     return NULL;
 }
 
-/* Refill: one batch from the mcentral; the first block is the caller's, the
- * rest go onto the slab (they carry the mark the mcentral wrote).  What does
- * not fit (the slab was drained meanwhile, the thread migrated to a fuller
- * CPU) goes back. */
+/* Blocks move between a slab and the mcentral SA_MOVE_CHUNK at a time: one
+ * class-lock hold and one restartable section (percpu.h) per chunk, the
+ * chunk an array of pointers on the slow path's stack (512 bytes).  No
+ * block is read or written on the way: they keep their free marks. */
+#define SA_MOVE_CHUNK 64
+
+/* Push chunk[0, n) onto the slab; what does not fit (the slab was drained
+ * meanwhile, the thread migrated to a fuller CPU) goes back.  Counted
+ * before they land (see "Statistics"), uncounted if they don't.  Returns
+ * how many landed. */
+static uint32_t push_chunk(unsigned cls, void *const *chunk, uint32_t n)
+{
+    if (n == 0)
+        return 0;
+    atomic_fetch_add_explicit(&moved_in[cls], n, memory_order_relaxed);
+    atomic_thread_fence(memory_order_release);
+    uint32_t k = sa_slab_push_batch((size_t)cls << SA_LIST_SHIFT, chunk, n);
+    if (k < n) {
+        atomic_fetch_sub_explicit(&moved_in[cls], n - k, memory_order_relaxed);
+        sa_mcentral_release_array(cls, chunk + k, n - k);
+    }
+    return k;
+}
+
+/* Refill: about half the class's capacity from the mcentral, a chunk at a
+ * time; the first block is the caller's, the rest go onto the slab. */
 static void *refill(unsigned cls)
 {
-    size_t off = (size_t)cls << SA_LIST_SHIFT;
     uint32_t cap = class_cap(cls, true);
     uint32_t want = cap / 2 > 0 ? cap / 2 + 1 : 1;
-    void *list;
+    void *chunk[SA_MOVE_CHUNK];
     struct sa_move move; /* from the fill to the last push: a fork waits */
     sa_mcentral_move_begin(&move, cls, true);
-    uint32_t got = sa_mcentral_fill(cls, want, &list);
-    if (got == 0) {
+    uint32_t n = sa_mcentral_fill_array(cls, chunk, want < SA_MOVE_CHUNK ? want : SA_MOVE_CHUNK);
+    if (n == 0) {
         sa_mcentral_move_end(&move);
         errno = ENOMEM;
         return NULL;
     }
     if (SA_UNLIKELY(sa_mcentral_move_hook != NULL))
         sa_mcentral_move_hook(cls);
-    uintptr_t *first = list;
-    void *rest = sa_decode_link(first[0]);
-    /* Counted before they land (see "Statistics"), uncounted if they don't. */
-    atomic_fetch_add_explicit(&moved_in[cls], got - 1, memory_order_relaxed);
-    atomic_thread_fence(memory_order_release);
-    uint32_t pushed = 0;
-    while (rest != NULL) {
-        void *next = sa_decode_link(((uintptr_t *)rest)[0]);
-        char *slab;
-        SA_SLAB_PUSH(off, rest, slab, full);
-        (void)slab;
-        pushed++;
-        rest = next;
-        continue;
-    full:
-        break;
-    }
-    if (rest != NULL) {
-        atomic_fetch_sub_explicit(&moved_in[cls], got - 1 - pushed, memory_order_relaxed);
-        sa_mcentral_release(cls, rest);
+    uintptr_t *first = chunk[0];
+    uint32_t got = n;
+    bool full = push_chunk(cls, chunk + 1, n - 1) < n - 1;
+    while (!full && got < want) {
+        uint32_t ask = want - got < SA_MOVE_CHUNK ? want - got : SA_MOVE_CHUNK;
+        n = sa_mcentral_fill_array(cls, chunk, ask);
+        got += n;
+        full = push_chunk(cls, chunk, n) < n;
+        if (n < ask)
+            break; /* out of memory: the caller has its block */
     }
     sa_mcentral_move_end(&move);
     first[1] = 0; /* counted by the caller (slow_mallocs): it never was on a slab */
@@ -489,32 +500,29 @@ void *sa_mcache_alloc_slow(unsigned cls)
     return block;
 }
 
-/* Take up to n blocks off the current slab (without counting mallocs) and
- * hand them to the mcentral as one batch. */
+/* Take up to n blocks off the current slab (without counting mallocs), a
+ * chunk per section, each chunk handed to the mcentral in one hold. */
 static void flush_batch(unsigned cls, uint32_t n)
 {
     size_t off = (size_t)cls << SA_LIST_SHIFT;
-    void *list = NULL;
     uint32_t taken = 0;
     struct sa_move move; /* from the first pop to the release: a fork waits */
     sa_mcentral_move_begin(&move, cls, true);
     while (taken < n) {
-        void *block;
-        char *slab;
-        SA_SLAB_POP(off, -1, block, slab, empty);
-        (void)slab;
-        check_cached(block);
-        sa_block_make_free(block, list);
-        list = block;
-        taken++;
+        void *chunk[SA_MOVE_CHUNK];
+        uint32_t want = n - taken < SA_MOVE_CHUNK ? n - taken : SA_MOVE_CHUNK;
+        uint32_t k = sa_slab_pop_batch(off, chunk, want);
+        if (k == 0)
+            break;
+        /* Counted after they left (see "Statistics"). */
+        atomic_fetch_add_explicit(&moved_out[cls], k, memory_order_release);
+        if (SA_UNLIKELY(sa_mcentral_move_hook != NULL))
+            sa_mcentral_move_hook(cls);
+        sa_mcentral_release_array(cls, chunk, k);
+        taken += k;
+        if (k < want)
+            break; /* the class ran out (other threads on the CPU took some) */
     }
-empty:
-    /* Counted after they left (see "Statistics"). */
-    atomic_fetch_add_explicit(&moved_out[cls], taken, memory_order_release);
-    if (SA_UNLIKELY(sa_mcentral_move_hook != NULL) && list != NULL)
-        sa_mcentral_move_hook(cls);
-    if (list != NULL)
-        sa_mcentral_release_batch(cls, list, taken);
     sa_mcentral_move_end(&move);
 }
 

@@ -10,40 +10,41 @@
  * objects.  Spans with no free object are on no list: the page map finds them
  * when an object comes back.
  *
- * A few whole batches flushed by one thread's cache are kept as they are
- * (the transfer slots) and handed to the next cache that refills, without
- * touching a span: when one thread frees what another allocates, objects
- * move between the two caches at O(1) per batch.  At most
- * SA_TRANSFER_SLOTS batches per small class (a batch is at most 32 KiB),
- * drained back into their spans by free_os_memory().  Medium classes keep
+ * Blocks that one CPU's cache flushes wait in the class's transfer array
+ * (pointers only, up to SA_TRANSFER_BLOCKS of them and 128 KiB of blocks)
+ * and go to the next cache that refills, without touching a span or the
+ * blocks themselves: when one thread frees what another allocates, a move
+ * costs a lock hold and a copy of pointers per chunk, and the refill reads
+ * no block (the blocks keep the free mark they carried on the slab; malloc
+ * checks it as it pops them, each load independent of the others, where a
+ * linked batch made the refill chase one cache miss after another).
+ * free_os_memory() puts them back into their spans.  Medium classes keep
  * none: their batch is one object of up to 256 KiB in a span of its own,
  * which goes straight back to the heap (kept batches of them cost peak RSS:
  * docs/benchmarks.md, "Design choices").
  */
 #include <sched.h>
+#include <string.h>
 
 #include "internal.h"
 #include "valgrind_hooks.h"
 
-#define SA_TRANSFER_SLOTS 4
-
-struct transfer_batch {
-    void *head;     /* encoded list, as the cache held it */
-    uint32_t count;
-};
+#define SA_TRANSFER_BLOCKS 1024
+#define SA_TRANSFER_BYTES ((uint32_t)128 << 10)
 
 /* One per size class; its fields are under its lock but for any that says
  * otherwise. */
 struct mcentral {
     pthread_mutex_t lock;
     struct sa_span_list partial;
-    uint32_t nbatches;
+    uint32_t ntransfer;     /* blocks in transfer[] */
+    uint32_t transfer_cap;  /* set once, at first use: 0 for medium classes */
     /* Blocks of this class in threads' hands between this lock and a cache
      * (see "Moves"): atomic, no lock; on this line, which a refill has just
      * taken for the lock anyway. */
     _Atomic uint32_t moving;
     uint64_t objects_out; /* blocks out of their spans (the spans' nalloc summed) */
-    struct transfer_batch batches[SA_TRANSFER_SLOTS];
+    void *transfer[SA_TRANSFER_BLOCKS];
 } __attribute__((aligned(64)));
 
 /* Adaptive (glibc): a thread that finds a class lock held spins briefly
@@ -67,6 +68,16 @@ SA_COLD __attribute__((noreturn)) static void report_unlocking(struct mcentral *
 {
     pthread_mutex_unlock(&c->lock);
     sa_report(what, obj, s);
+}
+
+/* Lock held. */
+static uint32_t transfer_room(struct mcentral *c, unsigned cls)
+{
+    if (SA_UNLIKELY(c->transfer_cap == 0) && cls < SA_NUM_SMALL_CLASSES) {
+        uint32_t cap = SA_TRANSFER_BYTES / sa_class_size[cls];
+        c->transfer_cap = cap < SA_TRANSFER_BLOCKS ? cap : SA_TRANSFER_BLOCKS;
+    }
+    return c->transfer_cap - c->ntransfer;
 }
 
 static bool span_has_free(const struct sa_span *s)
@@ -98,29 +109,26 @@ static void *span_take(struct mcentral *c, struct sa_span *s)
     return obj;
 }
 
-uint32_t sa_mcentral_fill(unsigned cls, uint32_t want, void **head)
+/* A block that waited in the transfer array still carries its free mark:
+ * a use-after-free write to it is caught here, for a block that goes
+ * straight to a caller (the others are checked as malloc pops them). */
+static void check_waiting(struct mcentral *c, void *obj)
 {
-    struct mcentral *c = &centrals[cls];
-    void *list = NULL;
+    if (!sa_block_is_free(obj))
+        report_unlocking(c, "corrupted free block (written after free)", obj,
+                         sa_pagemap_lookup((uintptr_t)obj));
+}
+
+/* Up to want blocks out of the class's spans (lock held), each given to
+ * put(): carved or popped from a span's free list, marked free. */
+static uint32_t take_from_spans(struct mcentral *c, unsigned cls, uint32_t want, bool *grew,
+                                void (*put)(void *obj, void *ctx), void *ctx)
+{
     uint32_t got = 0;
-    bool grew = false;
-    pthread_mutex_lock(&c->lock);
-    if (c->nbatches > 0 && c->batches[c->nbatches - 1].count <= want) {
-        struct transfer_batch b = c->batches[--c->nbatches]; /* copy under the lock */
-        /* The refill pops the head without a look (the fast path checks the
-         * blocks after it): a use-after-free write to the head of a parked
-         * batch is caught here. */
-        if (!sa_block_is_free(b.head))
-            report_unlocking(c, "corrupted free block (written after free)", b.head,
-                             sa_pagemap_lookup((uintptr_t)b.head));
-        pthread_mutex_unlock(&c->lock);
-        *head = b.head;
-        return b.count;
-    }
     while (got < want) {
         struct sa_span *s = c->partial.first;
         if (s == NULL) {
-            s = sa_mheap_alloc(sa_class_npages[cls], 1, cls, &grew);
+            s = sa_mheap_alloc(sa_class_npages[cls], 1, cls, grew);
             if (s == NULL)
                 break; /* out of memory: hand out what we have */
             sa_span_list_push(&c->partial, s);
@@ -128,17 +136,77 @@ uint32_t sa_mcentral_fill(unsigned cls, uint32_t want, void **head)
         while (got < want && span_has_free(s)) {
             void *obj = span_take(c, s);
             SA_VG_OPEN_LINKS(obj); /* a freshly carved object, or opened by span_take */
-            sa_block_make_free(obj, list);
-            list = obj;
+            put(obj, ctx);
             got++;
         }
         if (!span_has_free(s))
             sa_span_list_remove(&c->partial, s);
     }
+    return got;
+}
+
+static void put_on_list(void *obj, void *ctx)
+{
+    void **list = ctx;
+    sa_block_make_free(obj, *list);
+    *list = obj;
+}
+
+uint32_t sa_mcentral_fill(unsigned cls, uint32_t want, void **head)
+{
+    struct mcentral *c = &centrals[cls];
+    void *list = NULL;
+    uint32_t got = 0;
+    bool grew = false;
+    pthread_mutex_lock(&c->lock);
+    if (c->ntransfer > 0) {
+        /* The newest blocks, linked so that the first of them leads. */
+        uint32_t k = c->ntransfer < want ? c->ntransfer : want;
+        for (uint32_t i = c->ntransfer; i-- > c->ntransfer - k;) {
+            check_waiting(c, c->transfer[i]);
+            put_on_list(c->transfer[i], &list);
+        }
+        c->ntransfer -= k;
+        got = k;
+    } else {
+        got = take_from_spans(c, cls, want, &grew, put_on_list, &list);
+    }
     pthread_mutex_unlock(&c->lock);
     /* Hooks run with no lock held: they may start a thread, which allocates. */
     sa_hooks_after_refill(grew);
     *head = list;
+    return got;
+}
+
+struct array_out {
+    void **blocks;
+    uint32_t n;
+};
+
+static void put_in_array(void *obj, void *ctx)
+{
+    struct array_out *out = ctx;
+    sa_block_make_free(obj, NULL);
+    out->blocks[out->n++] = obj;
+}
+
+uint32_t sa_mcentral_fill_array(unsigned cls, void **blocks, uint32_t want)
+{
+    struct mcentral *c = &centrals[cls];
+    uint32_t got;
+    bool grew = false;
+    pthread_mutex_lock(&c->lock);
+    if (c->ntransfer > 0) {
+        got = c->ntransfer < want ? c->ntransfer : want;
+        c->ntransfer -= got;
+        memcpy(blocks, &c->transfer[c->ntransfer], got * sizeof(void *));
+        check_waiting(c, blocks[0]); /* the refill's caller gets it unchecked */
+    } else {
+        struct array_out out = {blocks, 0};
+        got = take_from_spans(c, cls, want, &grew, put_in_array, &out);
+    }
+    pthread_mutex_unlock(&c->lock);
+    sa_hooks_after_refill(grew);
     return got;
 }
 
@@ -224,33 +292,58 @@ void sa_mcentral_release(unsigned cls, void *head)
 }
 
 /* A batch is parked or put back in the same lock hold: it is never in the
- * caller's hands alone, where a fork would lose it. */
+ * caller's hands alone, where a fork would lose it.  The list's first
+ * block goes in first (the next fill hands the same list back). */
 void sa_mcentral_release_batch(unsigned cls, void *head, uint32_t count)
 {
+    (void)count;
     struct mcentral *c = &centrals[cls];
     pthread_mutex_lock(&c->lock);
-    if (cls < SA_NUM_SMALL_CLASSES && c->nbatches < SA_TRANSFER_SLOTS) {
-        c->batches[c->nbatches++] = (struct transfer_batch){head, count};
-        pthread_mutex_unlock(&c->lock);
-        return;
+    for (uint32_t room = transfer_room(c, cls); head != NULL && room > 0; room--) {
+        void *obj = head;
+        head = sa_decode_link(((uintptr_t *)obj)[0]);
+        c->transfer[c->ntransfer++] = obj;
     }
     unlock_and_carry(c, release_locked(c, head));
 }
 
-/* Each parked batch goes back into its spans in the hold that unparks it. */
+void sa_mcentral_release_array(unsigned cls, void *const *blocks, uint32_t n)
+{
+    struct mcentral *c = &centrals[cls];
+    pthread_mutex_lock(&c->lock);
+    uint32_t room = transfer_room(c, cls);
+    uint32_t k = n < room ? n : room;
+    memcpy(&c->transfer[c->ntransfer], blocks, k * sizeof(void *));
+    c->ntransfer += k;
+    struct sa_span *empty = NULL;
+    for (uint32_t i = k; i < n; i++) {
+        check_waiting(c, blocks[i]); /* span_put rewrites the mark */
+        struct sa_span *s = span_put(c, blocks[i]);
+        if (s != NULL) {
+            s->next = empty;
+            empty = s;
+        }
+    }
+    unlock_and_carry(c, empty);
+}
+
+/* The waiting blocks go back into their spans in the hold that takes them. */
 void sa_mcentral_drain_transfer(void)
 {
     for (unsigned cls = 1; cls < SA_NUM_CLASSES; cls++) {
         struct mcentral *c = &centrals[cls];
-        for (;;) {
-            pthread_mutex_lock(&c->lock);
-            if (c->nbatches == 0) {
-                pthread_mutex_unlock(&c->lock);
-                break;
+        pthread_mutex_lock(&c->lock);
+        struct sa_span *empty = NULL;
+        while (c->ntransfer > 0) {
+            void *obj = c->transfer[--c->ntransfer];
+            check_waiting(c, obj); /* span_put rewrites the mark */
+            struct sa_span *s = span_put(c, obj);
+            if (s != NULL) {
+                s->next = empty;
+                empty = s;
             }
-            void *head = c->batches[--c->nbatches].head;
-            unlock_and_carry(c, release_locked(c, head));
         }
+        unlock_and_carry(c, empty);
     }
 }
 

@@ -279,6 +279,80 @@ static inline void **sa_slab_slots(char *slab)
                  : "memory", "cc", "rax", "rcx", "r11"                          \
                  : full_)
 
+/* The batch sections (slow paths: a refill's blocks onto the slab, a
+ * flush's off it): up to n pointers copied between the class's slots and
+ * the caller's array, then one commit that moves cur by the count, as that
+ * many single pushes or pops (delta -1: no malloc counted) would.  The
+ * copy runs inside the section: restarted, it copies again from the top,
+ * on whatever slab the CPU then has (a push's stores above cur, or a pop's
+ * copies into the array, are seen by nobody until the commit).  No room
+ * (or no block) leaves through label 5 with the count 0.  n > 0: the copy
+ * loop tests at its end. */
+#define SA_RSEQ_ZERO_COUNT_STUB                                      \
+    ".pushsection .text.unlikely.sa_rseq, \"ax\"\n\t"                \
+    "5:\n\t"                                                         \
+    "xorl %k[k], %k[k]\n\t"                                          \
+    "jmp 2b\n\t"                                                     \
+    ".popsection\n\t"
+
+/* The copy loop: k words from src[] to dst[], k > 0. */
+#define SA_RSEQ_COPY_LOOP                                            \
+    "xorl %k[i], %k[i]\n\t"                                          \
+    "6:\n\t"                                                         \
+    "movq (%[src],%[i],8), %[tmp]\n\t"                               \
+    "movq %[tmp], (%[dst],%[i],8)\n\t"                               \
+    "incl %k[i]\n\t"                                                 \
+    "cmpl %k[k], %k[i]\n\t"                                          \
+    "jb 6b\n\t"
+
+static inline uint32_t sa_slab_push_batch(size_t off, void *const *blocks, uint32_t n)
+{
+    uintptr_t slab, cur, k, dst, i, tmp;
+    __asm__ volatile(SA_RSEQ_PROLOGUE("%[slab]", "%k[slab]")
+                     "movzwl (%[slab],%[off]), %k[cur]\n\t"
+                     "movzwl 10(%[slab],%[off]), %k[k]\n\t"
+                     "subl %k[cur], %k[k]\n\t" /* room: end - cur */
+                     "jbe 5f\n\t"
+                     "cmpl %k[n], %k[k]\n\t"
+                     "cmoval %k[n], %k[k]\n\t"
+                     "leaq (%[slab],%[cur],8), %[dst]\n\t"
+                     SA_RSEQ_COPY_LOOP
+                     "addq %[k], (%[slab],%[off])\n\t"
+                     SA_RSEQ_EPILOGUE_TO("0b") SA_RSEQ_ZERO_COUNT_STUB
+                     : [slab] "=&r"(slab), [cur] "=&r"(cur), [k] "=&r"(k), [dst] "=&r"(dst),
+                       [i] "=&r"(i), [tmp] "=&r"(tmp)
+                     : [area] "r"(sa_tls.cpu), [off] "r"((uintptr_t)off), [base] "r"(sa_tls.table),
+                       [src] "r"(blocks), [n] "r"(n)
+                     : "memory", "cc");
+    (void)slab, (void)cur, (void)dst, (void)i, (void)tmp;
+    return (uint32_t)k;
+}
+
+static inline uint32_t sa_slab_pop_batch(size_t off, void **blocks, uint32_t n)
+{
+    uintptr_t slab, cur, k, src, i, tmp;
+    __asm__ volatile(SA_RSEQ_PROLOGUE("%[slab]", "%k[slab]")
+                     "movzwl (%[slab],%[off]), %k[cur]\n\t"
+                     "movzwl 8(%[slab],%[off]), %k[tmp]\n\t"
+                     "movl %k[cur], %k[k]\n\t"
+                     "subl %k[tmp], %k[k]\n\t" /* cached: cur - begin */
+                     "jbe 5f\n\t"
+                     "cmpl %k[n], %k[k]\n\t"
+                     "cmoval %k[n], %k[k]\n\t"
+                     "subl %k[k], %k[cur]\n\t" /* the lowest slot taken */
+                     "leaq (%[slab],%[cur],8), %[src]\n\t"
+                     SA_RSEQ_COPY_LOOP
+                     "subq %[k], (%[slab],%[off])\n\t"
+                     SA_RSEQ_EPILOGUE_TO("0b") SA_RSEQ_ZERO_COUNT_STUB
+                     : [slab] "=&r"(slab), [cur] "=&r"(cur), [k] "=&r"(k), [src] "=&r"(src),
+                       [i] "=&r"(i), [tmp] "=&r"(tmp)
+                     : [area] "r"(sa_tls.cpu), [off] "r"((uintptr_t)off), [base] "r"(sa_tls.table),
+                       [dst] "r"(blocks), [n] "r"(n)
+                     : "memory", "cc");
+    (void)slab, (void)cur, (void)src, (void)i, (void)tmp;
+    return (uint32_t)k;
+}
+
 #else /* the per-thread fallback only: the same operations in C */
 
 static inline char *sa_slab_current(void)
@@ -330,6 +404,30 @@ static inline char *sa_slab_current(void)
 
 #define SA_SLAB_PUSH(off, block, slab_out, full) \
     SA_SLAB_PUSH_BODY(off, block, slab_out, full, (void)0)
+
+static inline uint32_t sa_slab_push_batch(size_t off, void *const *blocks, uint32_t n)
+{
+    SA_SLAB_READ_HEADER(off);
+    uint32_t k = sa_cur_ < sa_h_->end ? (uint32_t)(sa_h_->end - sa_cur_) : 0;
+    k = k < n ? k : n;
+    for (uint32_t i = 0; i < k; i++)
+        sa_slab_slots(sa_s_)[sa_cur_ + i] = blocks[i];
+    if (k != 0)
+        __atomic_store_n(&sa_h_->word, sa_w_ + k, __ATOMIC_RELAXED);
+    return k;
+}
+
+static inline uint32_t sa_slab_pop_batch(size_t off, void **blocks, uint32_t n)
+{
+    SA_SLAB_READ_HEADER(off);
+    uint32_t k = sa_cur_ > sa_h_->begin ? (uint32_t)(sa_cur_ - sa_h_->begin) : 0;
+    k = k < n ? k : n;
+    for (uint32_t i = 0; i < k; i++)
+        blocks[i] = sa_slab_slots(sa_s_)[sa_cur_ - k + i];
+    if (k != 0)
+        __atomic_store_n(&sa_h_->word, sa_w_ - k, __ATOMIC_RELAXED);
+    return k;
+}
 
 #endif
 
