@@ -204,26 +204,6 @@ static inline void **sa_slab_slots(char *slab)
         (void)sa_slab_;                                                         \
     } while (0)
 
-/* Push a block that already carries its mark (slow paths: refills). */
-#define SA_SLAB_PUSH(off_, block_, slab_out_, full_)                            \
-    do {                                                                        \
-        uintptr_t sa_cur_;                                                      \
-        bool sa_fail_;                                                          \
-        __asm__ volatile(SA_RSEQ_PROLOGUE("%[slab]", "%k[slab]")                \
-                 "movzwl (%[slab],%[off]), %k[cur]\n\t"                         \
-                 "cmpw 10(%[slab],%[off]), %w[cur]\n\t"                         \
-                 "jae 5f\n\t"                                                   \
-                 "movq %[blk], (%[slab],%[cur],8)\n\t"                          \
-                 "addq $1, (%[slab],%[off])\n\t"                                \
-                 SA_RSEQ_EPILOGUE_TO("0b") SA_RSEQ_FAIL_STUB                    \
-                 : [slab] "=&r"(slab_out_), [cur] "=&r"(sa_cur_), "=@ccz"(sa_fail_) \
-                 : [area] "r"(sa_tls.cpu), [off] "r"((uintptr_t)(off_)),        \
-                   [base] "r"(sa_tls.table), [blk] "r"(block_)                  \
-                 : "memory");                                                   \
-        if (SA_UNLIKELY(sa_fail_))                                              \
-            goto full_;                                                         \
-    } while (0)
-
 /* free's push: also the double-free check and the free mark, inside the
  * section (word 1 gets word 0 ^ address ^ sa_mark_key: the mark
  * sa_block_is_free recognises).  A block already carrying the mark
@@ -402,8 +382,6 @@ static inline char *sa_slab_current(void)
         (void)sa_ign_;                                                          \
     } while (0)
 
-#define SA_SLAB_PUSH(off, block, slab_out, full) \
-    SA_SLAB_PUSH_BODY(off, block, slab_out, full, (void)0)
 
 static inline uint32_t sa_slab_push_batch(size_t off, void *const *blocks, uint32_t n)
 {
